@@ -24,7 +24,6 @@ import types
 from typing import Any
 
 import torch
-
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
 
@@ -54,7 +53,7 @@ def _build_cpu_device_module() -> types.ModuleType:
             setattr(module, name, getattr(torch.cpu, name))
     module.is_available = lambda: True
     module.device_count = lambda: 1
-    module.current_device = lambda: 0
+    module.current_device = lambda: "cpu"
     module.set_device = lambda *_args, **_kwargs: None
     module.synchronize = lambda *_args, **_kwargs: None
     module.empty_cache = lambda: None
@@ -96,8 +95,9 @@ class PlatformCPU(PlatformBase):
         # host when no accelerator is there, so GPU machines are untouched.
         return not gpu_present()
 
-    def current_device(self) -> int:
-        return 0
+    def current_device(self) -> str:
+        # verl uses this as a torch device (`tensor.to(get_device_id())`); an int would mean an accelerator.
+        return "cpu"
 
     def device_count(self) -> int:
         return 1
