@@ -282,9 +282,8 @@ class PSFTTrainer(SFTTrainer):
         for val_data in self.val_dataloader:
             batch = tu.get_tensordict(tensor_dict=val_data, non_tensor_dict=meta)
             output = self.training_client.infer_batch(batch).get()
-            metrics = reduce_worker_metrics(
-                {k: v for k, v in tu.get(output, "metrics").items() if k in ("nll", "entropy", "token_acc", "loss_tokens")}
-            )
+            wanted = ("nll", "entropy", "token_acc", "loss_tokens")
+            metrics = reduce_worker_metrics({k: v for k, v in tu.get(output, "metrics").items() if k in wanted})
             tokens = metrics.pop("loss_tokens")
             totals["tokens"] += tokens
             for key, value in metrics.items():
