@@ -66,9 +66,7 @@ def reduce_worker_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: _reduce(flatten(value), reduction_for(key, "sum")) for key, value in metrics.items()}
 
 
-def update_schedule(
-    batch_size: int, mini_batch_size: int, epochs: int, shuffle: bool, seed: int
-) -> list[torch.Tensor]:
+def update_schedule(batch_size: int, mini_batch_size: int, epochs: int, shuffle: bool, seed: int) -> list[torch.Tensor]:
     """Row indices of each optimizer update of one step: ``epochs`` passes of k mini-batches."""
     generator = torch.Generator().manual_seed(seed)
     schedule = []
@@ -222,7 +220,10 @@ class PSFTTrainer(SFTTrainer):
         batch_size = batch.batch_size[0]
         seqlens = self._get_batch_seqlens(batch).tolist()
         schedule = update_schedule(
-            batch_size, int(cfg.mini_batch_size), int(cfg.epochs), bool(cfg.shuffle_mini_batches),
+            batch_size,
+            int(cfg.mini_batch_size),
+            int(cfg.epochs),
+            bool(cfg.shuffle_mini_batches),
             seed=int(self.config.trainer.seed) * 1_000_003 + step,
         )
 

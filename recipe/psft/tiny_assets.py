@@ -115,9 +115,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    path = build_tiny_model(
-        args.out_dir, args.hidden, args.layers, args.heads, vocab_size=args.vocab, seed=args.seed
-    )
+    path = build_tiny_model(args.out_dir, args.hidden, args.layers, args.heads, vocab_size=args.vocab, seed=args.seed)
     print(path)
 
 
