@@ -119,7 +119,8 @@ def _check_text(value: Any, what: str) -> str | None:
 def _check_messages(messages: Any) -> str | None:
     """Why a prompt given as chat messages is unusable (None when fine): roles, string contents, a user turn."""
     if not isinstance(messages, list) or not messages:
-        return f"must be a non-empty string or list of chat messages, got {type(messages).__name__}: {messages!r:.60}"
+        got = f"{type(messages).__name__}: {messages!r:.60}"
+        return f"prompt must be a string or a non-empty list of chat messages, got {got}"
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             return f"message {i} must be a dict with 'role' and 'content', got {message!r:.60}"
