@@ -22,6 +22,7 @@ import platform
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -179,14 +180,35 @@ def progress(items: Iterable[T], total: int, desc: str, quiet: bool) -> Iterator
 
 
 def hold_out(examples: list[Example], test_size: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split off ``test_size`` seeded-random rows as the test set; both parts keep the input order."""
+    """Split off ``test_size`` seeded-random rows as the test set; both parts keep the input order.
+
+    Only rows whose prompt appears once in the input are eligible, so a held-out problem never also sits
+    in training (and the test set gets exactly ``test_size`` rows).
+    """
     if test_size == 0:
         return examples, []
-    if test_size >= len(examples):
-        raise DataError(f"--test-size {test_size} leaves no training rows ({len(examples)} input rows)")
-    chosen = set(random.Random(seed).sample(range(len(examples)), test_size))
+    keys = [_raw_prompt_key(e) for e in examples]
+    counts = Counter(k for k in keys if k is not None)
+    eligible = [i for i, k in enumerate(keys) if k is not None and counts[k] == 1]
+    if test_size >= len(examples) or test_size > len(eligible):
+        raise DataError(
+            f"--test-size {test_size} is too large: {len(examples)} input rows, {len(eligible)} with a unique prompt"
+        )
+    chosen = set(random.Random(seed).sample(eligible, test_size))
     train = [e for i, e in enumerate(examples) if i not in chosen]
     return train, [e for i, e in enumerate(examples) if i in chosen]
+
+
+def _raw_prompt_key(example: Example) -> str | None:
+    """The duplicate key of a not-yet-validated prompt; None when it is malformed (validation reports it)."""
+    prompt = example.prompt
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
+    ):
+        return None
+    return prompt_key([{"role": str(m.get("role")), "content": m["content"]} for m in prompt])
 
 
 @dataclass
