@@ -1,0 +1,152 @@
+"""PSFT's step cost against SFT with the same number of updates, measured side by side.
+
+One Ray cluster, one FSDP worker group, one fixed batch. Steps of the variants are interleaved
+(rotating their order every round) so machine noise hits all of them alike:
+
+    SFT, k updates    vs   PSFT, k updates   (the snapshot pass is PSFT's only extra work)
+    SFT, 1 update     vs   PSFT, k = 1       (no snapshot pass at all: should cost the same)
+
+Lower bound for PSFT(k) / SFT(k), with forward ~ 1/3 of forward + backward and the first mini-batch
+reusing its own log-probs: 1 + (k - 1) / (3k).
+
+    python benchmarks/step_cost.py                 # CPU defaults: ~4M-param model, batch 16, 2 ranks
+    python benchmarks/step_cost.py --k 8 --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def demonstration_rows(n: int, demo_tokens: int, seed: int) -> list[dict]:
+    """Arithmetic walk-throughs of roughly ``demo_tokens`` tokens (with the tiny tokenizer)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a = rng.randint(10, 99)
+        parts, total = [], a
+        while sum(len(p) for p in parts) < demo_tokens * 2.2:
+            b = rng.randint(2, 9)
+            parts.append(f"Then {total} + {b} = {total + b}.")
+            total += b
+        demo = " ".join(parts) + f" The answer is \\boxed{{{total}}}."
+        rows.append({"prompt": [{"role": "user", "content": f"Start at {a} and keep adding."}], "demonstration": demo})
+    return rows
+
+
+def worker_peak_rss_gb(trainer) -> list[float]:
+    """Peak resident memory (VmHWM) of each FSDP worker process."""
+    import ray
+
+    def read_peak(_actor) -> float:
+        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+        return float("nan")
+
+    return ray.get([w.__ray_call__.remote(read_peak) for w in trainer.training_client.workers])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, default=4, help="updates per step (batch / mini-batch)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--demo-tokens", type=int, default=220)
+    parser.add_argument("--rounds", type=int, default=6, help="measured steps per variant")
+    parser.add_argument("--warmup-rounds", type=int, default=1)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="FSDP ranks (GPUs, or CPU processes)")
+    parser.add_argument("--model", default=None, help="a HF model folder instead of the random tiny model")
+    args = parser.parse_args()
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+    from verl.utils import tensordict_utils as tu
+
+    from recipe.psft.config_checks import check_config
+    from recipe.psft.cpu_platform import apply_cpu_defaults
+    from recipe.psft.psft_trainer import PSFTTrainer
+    from recipe.psft.tiny_assets import build_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="psft_step_cost_"))
+    model = args.model or str(
+        build_tiny_model(work / "model", hidden_size=args.hidden, num_layers=args.layers, num_heads=4)
+    )
+    train = work / "train.parquet"
+    pd.DataFrame(demonstration_rows(args.batch, args.demo_tokens, seed=0)).to_parquet(train)
+
+    with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
+        config = compose(
+            config_name="psft_trainer",
+            overrides=[
+                f"model.path={model}",
+                f"data.train_files={train}",
+                f"data.train_batch_size={args.batch}",
+                f"psft.mini_batch_size={args.batch // args.k}",
+                f"trainer.n_gpus_per_node={args.workers}",
+                "trainer.logger=[console]",
+                f"trainer.default_local_dir={work / 'ckpt'}",
+                "data.max_length=2048",
+                "model.enable_gradient_checkpointing=false",
+            ],
+        )
+    apply_cpu_defaults(config)
+    check_config(config)
+    trainer = PSFTTrainer(config=config)
+    batch = tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer._base_meta())
+    seqlens = trainer._get_batch_seqlens(batch).tolist()
+    print(f"model: {model}  batch {args.batch} x {statistics.mean(seqlens):.0f} tokens (mean), {args.workers} ranks")
+
+    variants = {
+        f"SFT, {args.k} updates": ("sft", args.batch // args.k),
+        f"PSFT, k={args.k}": ("psft", args.batch // args.k),
+        "SFT, 1 update": ("sft", args.batch),
+        "PSFT, k=1": ("psft", args.batch),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    step = 10_000  # past any warm-up
+    for round_index in range(args.warmup_rounds + args.rounds):
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+        for name in order:
+            mode, mini = variants[name]
+            with open_dict(config):
+                config.psft.loss_mode, config.psft.mini_batch_size = mode, mini
+            start = time.perf_counter()
+            trainer.train_step(batch, step)
+            elapsed = time.perf_counter() - start
+            step += 1
+            if round_index >= args.warmup_rounds:
+                times[name].append(elapsed)
+        print(f"round {round_index + 1}/{args.warmup_rounds + args.rounds} done", flush=True)
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    k = args.k
+    print(f"\nmedian seconds per step over {args.rounds} interleaved rounds")
+    print(f"{'variant':<22}{'median s':>10}{'min s':>9}{'max s':>9}")
+    for name in names:
+        print(f"{name:<22}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}")
+    ratio_k = median[f"PSFT, k={k}"] / median[f"SFT, {k} updates"]
+    ratio_1 = median["PSFT, k=1"] / median["SFT, 1 update"]
+    bound = 1 + (k - 1) / (3 * k)
+    print(f"\nPSFT(k={k}) / SFT({k} updates) = {ratio_k:.3f}   (bound with the first-mini-batch skip: {bound:.3f})")
+    print(f"PSFT(k=1) / SFT(1 update)      = {ratio_1:.3f}   (bound: 1.000)")
+    peaks = worker_peak_rss_gb(trainer)
+    print("peak memory per rank (GiB): " + ", ".join(f"rank {i}: {p:.2f}" for i, p in enumerate(peaks)))
+
+
+if __name__ == "__main__":
+    main()
