@@ -114,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="messages",
         help="verl's conversation column, used when the prompt column is absent (messages)",
     )
-    g.add_argument("--data-source", default=None, help="data_source value (default: the input file's stem)")
+    g.add_argument(
+        "--data-source",
+        default=None,
+        help="data_source value (default: the row's own data_source column, else the input file's stem)",
+    )
 
     g = p.add_argument_group("--source builtin")
     g.add_argument("--train-size", type=int, default=None, help="training rows (256)")
@@ -239,16 +243,14 @@ def collect(args: argparse.Namespace, report: Report) -> dict[str, Part]:
         examples = local.load_examples(
             args.input,
             keys,
-            args.data_source or args.input.stem,
+            args.data_source,
             need_response=True,
             need_answer=args.test_size > 0,
             max_samples=args.max_samples,
         )
         train, test = hold_out(examples, args.test_size, args.seed)
         if args.test_input is not None:
-            test += local.load_examples(
-                args.test_input, keys, args.data_source or args.test_input.stem, need_response=False, need_answer=True
-            )
+            test += local.load_examples(args.test_input, keys, args.data_source, need_response=False, need_answer=True)
         files["train"] = Part("train", train, args.system_prompt)
         files["test"] = Part("test", test, args.system_prompt)
     elif args.source == "builtin":

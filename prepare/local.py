@@ -108,6 +108,31 @@ def columns_of(records: list[tuple[int, Any]]) -> list[str]:
     return list(seen)
 
 
+def lookup(rec: dict[str, Any], key: str) -> Any:
+    """``rec[key]``, or a nested value for a dotted key such as ``reward_model.ground_truth`` (verl's layout)."""
+    if key in rec or "." not in key:
+        return rec.get(key)
+    value: Any = rec
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _present(key: str, columns: list[str]) -> bool:
+    return key in columns or ("." in key and key.split(".")[0] in columns)
+
+
+def resolve_keys(records: list[tuple[int, Any]], keys: Keys) -> Keys:
+    """verl-format files (ours included) keep the answer in ``reward_model.ground_truth``: use it when the
+    default answer key is absent, so a prepared file can be fed back in without extra flags."""
+    columns = columns_of(records)
+    if keys.answer == "answer" and "answer" not in columns and "reward_model" in columns:
+        return Keys(keys.prompt, keys.response, "reward_model.ground_truth", keys.messages)
+    return keys
+
+
 def check_columns(
     path: Path, records: list[tuple[int, Any]], keys: Keys, need_response: bool, need_answer: bool
 ) -> None:
@@ -120,7 +145,7 @@ def check_columns(
     missing = [
         k
         for k, need in ((keys.prompt, True), (keys.response, need_response), (keys.answer, need_answer))
-        if need and k not in columns
+        if need and not _present(k, columns)
     ]
     if missing:
         flag = {keys.prompt: "--prompt-key", keys.response: "--response-key", keys.answer: "--answer-key"}
@@ -131,18 +156,20 @@ def check_columns(
         )
 
 
-def to_example(rec: Any, row: int, origin: str, keys: Keys, data_source: str) -> Example:
+def to_example(rec: Any, row: int, origin: str, keys: Keys, data_source: str, keep_source: bool = False) -> Example:
     """One input record -> Example (raw values). A non-object record becomes an Example whose prompt is
     flagged by validate()."""
     names = {"prompt": keys.prompt, "demonstration": keys.response, "answer": keys.answer}
     if not isinstance(rec, dict):
         return Example(origin, row, prompt=[], data_source=data_source, keys={"prompt": "<row>"})
+    if keep_source and isinstance(rec.get("data_source"), str) and rec["data_source"].strip():
+        data_source = rec["data_source"]  # a verl-format input keeps its own labels
     if keys.prompt not in rec and keys.messages in rec:
         prompt, demonstration = split_messages(rec[keys.messages])
         names["prompt"] = names["demonstration"] = keys.messages
-        return Example(origin, row, prompt, demonstration, rec.get(keys.answer), data_source, keys=names)
+        return Example(origin, row, prompt, demonstration, lookup(rec, keys.answer), data_source, keys=names)
     return Example(
-        origin, row, rec.get(keys.prompt), rec.get(keys.response), rec.get(keys.answer), data_source, keys=names
+        origin, row, rec.get(keys.prompt), rec.get(keys.response), lookup(rec, keys.answer), data_source, keys=names
     )
 
 
@@ -158,11 +185,22 @@ def split_messages(messages: Any) -> tuple[Any, Any]:
 
 
 def load_examples(
-    path: Path, keys: Keys, data_source: str, need_response: bool, need_answer: bool, max_samples: int | None = None
+    path: Path,
+    keys: Keys,
+    data_source: str | None,
+    need_response: bool,
+    need_answer: bool,
+    max_samples: int | None = None,
 ) -> list[Example]:
-    """Read and map a whole file; ``max_samples`` keeps the first N rows (before validation)."""
+    """Read and map a whole file; ``max_samples`` keeps the first N rows (before validation).
+
+    ``data_source`` labels every row; None keeps each row's own ``data_source`` value, else the file's stem.
+    """
     records = read_records(path)
+    keys = resolve_keys(records, keys)
     check_columns(path, records, keys, need_response, need_answer)
     if max_samples is not None:
         records = records[:max_samples]
-    return [to_example(rec, row, str(path), keys, data_source) for row, rec in records]
+    keep = data_source is None
+    source = data_source or path.stem
+    return [to_example(rec, row, str(path), keys, source, keep_source=keep) for row, rec in records]

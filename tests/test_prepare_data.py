@@ -328,3 +328,27 @@ def test_token_statistics(tmp_path: Path, tiny_tokenizer: Path) -> None:
     assert stats["over_max_length"] == 1 and stats["prompt_fills_max_length"] == 0
     assert set(stats["prompt_tokens"]) == {"p50", "p95", "max"}
     assert "1 row(s) over --max-length" in result.stdout
+
+
+def test_prepared_file_feeds_back_in(tmp_path: Path) -> None:
+    """Our own (verl-format) output is valid local input: answer from reward_model.ground_truth, labels kept."""
+    first = tmp_path / "first"
+    src = write_rows(tmp_path / "in.jsonl", [dict(r, data_source="mine") for r in ROWS])
+    assert run_cli("--source", "local", "--input", str(src), "--output-dir", str(first)).returncode == 0
+    second = tmp_path / "second"
+    result = run_cli(
+        "--source",
+        "local",
+        "--input",
+        str(first / "train.parquet"),
+        "--response-key",
+        "demonstration",
+        "--output-dir",
+        str(second),
+        "--test-size",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read(second / "train.parquet") + read(second / "test.parquet")
+    assert sorted(r["reward_model"]["ground_truth"] for r in rows) == ["2", "24", "4", "5"]
+    assert {r["data_source"] for r in rows} == {"mine"}
