@@ -71,9 +71,6 @@ def ensure_hub_reachable(what: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     The probe runs in a daemon thread because DNS resolution ignores socket timeouts; urllib honours the
     usual proxy variables. Any HTTP answer (even 401/404) counts as reachable: the load itself reports those.
     """
-    env = _offline_env()
-    if env:
-        raise SourceUnavailable(f"{what} needs the Hugging Face Hub, but {env} is set. {OFFLINE_HINT}")
     url = hub_endpoint() + "/api/datasets/" + OPENR1_REPO
     result: dict[str, BaseException | None] = {}
 
@@ -92,19 +89,27 @@ def ensure_hub_reachable(what: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     error = result.get("error", TimeoutError(f"no answer within {timeout_s:.0f} s"))
     if error is not None:
         raise SourceUnavailable(
-            f"{what} needs the Hugging Face Hub ({hub_endpoint()}), which cannot be reached: {error}. {OFFLINE_HINT}"
+            f"{what} needs the Hugging Face Hub ({hub_endpoint()}), which cannot be reached: {error}. "
+            f"(A copy already in the datasets cache is used with HF_HUB_OFFLINE=1.) {OFFLINE_HINT}"
         )
 
 
 def load_hub_rows(repo: str, split: str, config: str | None = None) -> list[dict[str, Any]]:
-    """Download one split with ``datasets`` (cached under HF_HOME) and return its rows as dicts."""
-    ensure_hub_reachable(f"{repo}")
+    """Download one split with ``datasets`` (cached under HF_HOME) and return its rows as dicts.
+
+    With HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) set there is no probe: ``datasets`` serves a cached copy or
+    fails at once, and that failure is reported the same way.
+    """
+    offline = _offline_env()
+    if not offline:
+        ensure_hub_reachable(repo)
     try:
         import datasets
 
         dataset = datasets.load_dataset(repo, config, split=split)
-    except Exception as exc:  # network drops mid-download, gated repos, renamed splits
-        raise SourceUnavailable(f"could not load {repo} (split {split!r}) from the Hub: {exc}. {OFFLINE_HINT}") from exc
+    except Exception as exc:  # offline without a cache, network drops mid-download, gated repos, renamed splits
+        why = f"{offline} is set and the datasets cache has no usable copy ({exc})" if offline else str(exc)
+        raise SourceUnavailable(f"could not load {repo} (split {split!r}) from the Hub: {why}. {OFFLINE_HINT}") from exc
     return [dict(row) for row in dataset]
 
 
