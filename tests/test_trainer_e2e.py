@@ -92,7 +92,8 @@ def test_loss_does_not_depend_on_micro_batch_size(tiny_model, toy_data, tmp_path
     for micro in (1, 4):
         out = tmp_path / f"micro{micro}"
         overrides = base_overrides(tiny_model, toy_data["train16"], out) + [
-            "psft.mini_batch_size=4",
+            "data.train_batch_size=16",
+            "psft.mini_batch_size=8",  # k = 2, 4 sequences per rank per update
             "data.use_dynamic_bsz=false",
             f"data.micro_batch_size_per_gpu={micro}",
             "trainer.total_training_steps=2",
