@@ -82,9 +82,7 @@ def parse_choices(data: dict, n: int) -> list[Completion]:
     return out
 
 
-async def request_with_retries(
-    client: httpx.AsyncClient, url: str, body: dict, retry: RetryPolicy
-) -> dict:
+async def request_with_retries(client: httpx.AsyncClient, url: str, body: dict, retry: RetryPolicy) -> dict:
     """POST ``body``; retry transient failures; raise :class:`RequestFailed` with the last reason."""
     last = "no attempt made"
     for attempt in range(retry.max_retries + 1):

@@ -108,7 +108,9 @@ def _messages(path: Path, i: int, prompt: Any) -> list[dict[str, str]]:
 def _ground_truth(path: Path, i: int, reward_model: Any) -> str:
     reward_model = _to_python(reward_model)
     if not isinstance(reward_model, dict):
-        raise DataError(f"{path} row {i}: 'reward_model' must be a struct with 'ground_truth', got {reward_model!r:.200}")
+        raise DataError(
+            f"{path} row {i}: 'reward_model' must be a struct with 'ground_truth', got {reward_model!r:.200}"
+        )
     gt = reward_model.get("ground_truth")
     if gt is None or (isinstance(gt, str) and not gt.strip()):
         raise DataError(f"{path} row {i}: 'reward_model.ground_truth' is missing or empty")

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 def default_output(args: argparse.Namespace) -> Path:
     model = Path(args.model.rstrip("/")).name or "model"
     stem = Path(args.test_file).stem
-    tag = f"t{args.temperature:g}_p{args.top_p:g}_m{args.max_tokens}" + (f"_s{args.seed}" if args.seed is not None else "")
+    tag = f"t{args.temperature:g}_p{args.top_p:g}_m{args.max_tokens}" + (
+        f"_s{args.seed}" if args.seed is not None else ""
+    )
     return Path("outputs") / "eval" / model / f"{stem}_{tag}"
 
 

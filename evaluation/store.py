@@ -37,7 +37,11 @@ class RunStore:
         run_path = self.dir / RUN_FILE
         if run_path.exists():
             old = json.loads(run_path.read_text()).get("fingerprint", {})
-            diff = {k: (old.get(k), fingerprint.get(k)) for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k)}
+            diff = {
+                k: (old.get(k), fingerprint.get(k))
+                for k in set(old) | set(fingerprint)
+                if old.get(k) != fingerprint.get(k)
+            }
             if diff:
                 lines = "\n".join(f"  {k}: was {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
                 raise RunMismatch(

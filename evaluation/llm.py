@@ -1,0 +1,161 @@
+"""vLLM's OpenAI-compatible server as a Ray Serve application.
+
+    serve run evaluation.llm:build_app model=/path/to/Qwen2.5-7B tensor-parallel-size=1 [KEY=VALUE ...]
+    python -m evaluation.llm model=/path/to/model port=8000 [KEY=VALUE ...]   # same, on a private Ray
+
+Each replica runs vLLM's own FastAPI app (``/v1/chat/completions``, ``/v1/completions``,
+``/v1/models``, ``/health``, ...) on an in-replica ``AsyncLLM``, so the HTTP surface is exactly
+vLLM's. Every KEY=VALUE other than the ones below is passed to vLLM as ``--KEY VALUE`` (``true`` /
+``false`` become ``--KEY`` / ``--no-KEY``), so any vLLM engine or server argument works.
+
+Own keys: ``host`` (default 127.0.0.1: the endpoint is not exposed unless asked), ``port`` (8000),
+``num-replicas`` (default: the cluster's GPUs // tensor-parallel size; one replica without GPUs).
+The served model name is the model folder's basename unless ``served-model-name`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+OWN_KEYS = ("host", "port", "num-replicas")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+SERVE_NAMESPACE = "serve"  # what `serve run` uses; the builder may have to connect first
+# Environment the replicas need from the launching shell (CPU thread binding, KV cache size, caches).
+_PASS_ENV_PREFIXES = ("VLLM_", "HF_", "OMP_", "TRANSFORMERS_")
+
+
+def _norm_key(key: str) -> str:
+    return key.strip().lstrip("-").replace("_", "-")
+
+
+def vllm_cli_args(args: dict[str, Any]) -> list[str]:
+    """``{"tensor-parallel-size": "2", "enforce-eager": "true"}`` -> vLLM command-line arguments."""
+    out: list[str] = []
+    for key, value in args.items():
+        key = _norm_key(key)
+        if key in OWN_KEYS:
+            continue
+        text = str(value)
+        if isinstance(value, bool) or text.lower() in ("true", "false"):
+            out.append(f"--{key}" if text.lower() == "true" else f"--no-{key}")
+        else:
+            out += [f"--{key}", text]
+    return out
+
+
+def served_name(model: str) -> str:
+    return Path(model.rstrip("/")).name
+
+
+@serve.ingress()
+class VLLMServer:
+    """One replica: an ``AsyncLLM`` engine and vLLM's OpenAI app around it."""
+
+    async def __init__(self, cli_args: list[str]):
+        from contextlib import AsyncExitStack
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client_from_engine_args
+        from vllm.entrypoints.launchers.app import build_app
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(cli_args)
+        validate_parsed_serve_args(args)
+        self._stack = AsyncExitStack()
+        engine = await self._stack.enter_async_context(
+            build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
+        )
+        tasks = await engine.get_supported_tasks()
+        self._app = build_app(args, tasks, engine.model_config)
+        await init_app_state(engine, self._app.state, args, tasks)
+
+    def __serve_build_asgi_app__(self):
+        return self._app
+
+    async def __del__(self):
+        stack = getattr(self, "_stack", None)
+        if stack is not None:
+            await stack.aclose()
+
+
+def _gpus_in_cluster() -> int:
+    import ray
+
+    if not ray.is_initialized():
+        # `serve run` calls this builder before its own ray.init; connect the same way it would.
+        ray.init(address=os.environ.get("RAY_ADDRESS"), namespace=SERVE_NAMESPACE)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The Serve application for ``serve run evaluation.llm:build_app model=PATH ...``."""
+    args = {_norm_key(k): v for k, v in args.items()}
+    if "model" not in args:
+        raise ValueError("build_app needs model=PATH (a Hugging Face model folder or hub id)")
+    model = str(args["model"])
+    args.setdefault("served-model-name", served_name(model))
+    tp = int(args.get("tensor-parallel-size", 1))
+    gpus = _gpus_in_cluster()
+    replicas = int(args["num-replicas"]) if "num-replicas" in args else max(1, gpus // tp)
+    if gpus and gpus < tp:
+        raise ValueError(f"tensor-parallel-size={tp} needs {tp} GPUs; the cluster has {gpus}")
+    if gpus and tp > 1:
+        # The replica owns its tp GPUs; vLLM's own worker processes use them (no nested Ray placement).
+        args.setdefault("distributed-executor-backend", "mp")
+    if not gpus:
+        args.setdefault("enforce-eager", "true")  # no CUDA graphs / torch.compile on vLLM's CPU backend
+
+    # Bind the HTTP proxy where asked before `serve run` starts Serve with its defaults.
+    serve.start(http_options={"host": str(args.get("host", DEFAULT_HOST)), "port": int(args.get("port", DEFAULT_PORT))})
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_ENV_PREFIXES)}
+    actor_options: dict[str, Any] = {"runtime_env": {"env_vars": env}}
+    actor_options.update({"num_gpus": tp, "num_cpus": 1} if gpus else {"num_cpus": 1})
+    deployment = serve.deployment(
+        VLLMServer,
+        name="vllm",
+        num_replicas=replicas,
+        ray_actor_options=actor_options,
+        max_ongoing_requests=1_000_000,  # vLLM batches internally; Serve should not queue in front of it
+        health_check_timeout_s=600,
+        graceful_shutdown_timeout_s=30,
+    )
+    return deployment.bind(vllm_cli_args(args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the app on a private local Ray instance until Ctrl-C / SIGTERM (tests, single machines)."""
+    import signal
+    import time
+
+    import ray
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or any("=" not in a for a in argv):
+        raise SystemExit(__doc__)
+    args = dict(a.split("=", 1) for a in argv)
+    ray.init(address="local", namespace=SERVE_NAMESPACE, include_dashboard=False)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        serve.run(build_app(args), name="default", route_prefix="/", blocking=False)
+        host, port = args.get("host", DEFAULT_HOST), args.get("port", DEFAULT_PORT)
+        print(f"[llm] serving {served_name(args['model'])} at http://{host}:{port}/v1", flush=True)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
