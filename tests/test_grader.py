@@ -1,0 +1,151 @@
+"""The grader on hand-labelled cases: (response, ground truth, expected verdict)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from evaluation.grader import choice_letter, extract_answer, grade, is_correct, last_boxed
+
+B = "\\boxed"
+
+# (id, response, ground_truth, expected)
+CASES = [
+    # integers and plain numbers
+    ("int", f"So {B}{{42}}.", "42", True),
+    ("int-wrong", f"So {B}{{41}}.", "42", False),
+    ("negative", f"{B}{{-7}}", "-7", True),
+    ("thousands-sep", f"{B}{{1,000}}", "1000", True),
+    ("decimal-vs-int", f"{B}{{5.0}}", "5", True),
+    ("sci", f"{B}{{2^{{10}}}}", "1024", True),
+    ("dollar-sign", f"{B}{{\\$5}}", "5", True),
+    # fractions
+    ("frac", f"{B}{{\\frac{{1}}{{2}}}}", "\\frac{1}{2}", True),
+    ("dfrac", f"{B}{{\\dfrac{{3}}{{4}}}}", "\\frac{3}{4}", True),
+    ("frac-decimal", f"{B}{{0.5}}", "\\frac{1}{2}", True),
+    ("frac-slash", f"{B}{{1/2}}", "\\frac12", True),
+    ("frac-neg", f"{B}{{\\frac{{-1}}{{3}}}}", "-\\frac{1}{3}", True),
+    ("frac-wrong", f"{B}{{\\frac{{1}}{{3}}}}", "\\frac{1}{2}", False),
+    ("frac-gold-decimal", f"{B}{{\\frac{{3}}{{4}}}}", "0.75", True),
+    # radicals
+    ("sqrt-simplify", f"{B}{{\\sqrt{{8}}}}", "2\\sqrt{2}", True),
+    ("sqrt-frac", f"{B}{{\\frac{{1}}{{2}}\\sqrt{{3}}}}", "\\frac{\\sqrt{3}}{2}", True),
+    ("sqrt-wrong", f"{B}{{\\sqrt{{3}}}}", "\\sqrt{2}", False),
+    ("sqrt-rationalised", f"{B}{{\\frac{{1}}{{\\sqrt{{2}}}}}}", "\\frac{\\sqrt{2}}{2}", True),
+    ("cube-root", f"{B}{{\\sqrt[3]{{27}}}}", "3", True),
+    # symbolic
+    ("poly-expand", f"{B}{{(x+1)^2}}", "x^2+2x+1", True),
+    ("pi", f"{B}{{2\\pi}}", "2\\pi", True),
+    ("pi-wrong", f"{B}{{3\\pi}}", "2\\pi", False),
+    ("equation-rhs", f"{B}{{x = 3}}", "3", True),
+    ("gold-equation", f"{B}{{3}}", "x=3", True),
+    ("infinity", f"{B}{{\\infty}}", "\\infty", True),
+    # sets
+    ("set-order", f"{B}{{\\{{2, 1\\}}}}", "\\{1,2\\}", True),
+    ("set-vs-list", f"{B}{{1, 2}}", "\\{1,2\\}", True),
+    ("set-wrong", f"{B}{{\\{{1, 3\\}}}}", "\\{1,2\\}", False),
+    # intervals
+    ("interval", f"{B}{{(1, 2]}}", "(1,2]", True),
+    ("interval-closedness", f"{B}{{[0,1]}}", "[0,1)", False),
+    ("interval-inf", f"{B}{{(-\\infty, 3]}}", "(-\\infty,3]", True),
+    ("interval-union", f"{B}{{(-\\infty,0)\\cup(1,\\infty)}}", "(-\\infty,0)\\cup(1,\\infty)", True),
+    # tuples / points
+    ("tuple", f"{B}{{(1, 2)}}", "(1,2)", True),
+    ("tuple-order", f"{B}{{(2, 1)}}", "(1,2)", False),
+    ("tuple-3", f"{B}{{(1,-1,2)}}", "(1,-1,2)", True),
+    # units and degrees
+    ("units-text", f"{B}{{10 \\text{{ cm}}}}", "10", True),
+    ("units-gold", f"{B}{{3}}", "3\\text{ m}", True),
+    ("degrees", f"{B}{{30^\\circ}}", "30", True),
+    ("units-wrong", f"{B}{{12 \\text{{ cm}}}}", "10", False),
+    # percent
+    ("percent-both", f"{B}{{50\\%}}", "50\\%", True),
+    ("percent-bare-pred", f"{B}{{50}}", "50\\%", True),
+    ("percent-wrong", f"{B}{{40\\%}}", "50\\%", False),
+    # last boxed wins, nesting
+    ("last-boxed", f"First {B}{{3}}, then corrected: {B}{{4}}", "4", True),
+    ("last-boxed-not-first", f"First {B}{{4}}, then corrected: {B}{{3}}", "4", False),
+    ("nested-braces", f"{B}{{\\frac{{\\sqrt{{3}}}}{{2}}}}", "\\frac{\\sqrt{3}}{2}", True),
+    ("fbox", "\\fbox{7}", "7", True),
+    ("boxed-space", f"{B} 7", "7", True),
+    ("boxed-in-dollars", f"$${B}{{12}}$$", "12", True),
+    ("truncated-last-box", f"{B}{{5}} and then {B}{{\\frac{{1}}{{", "5", True),
+    ("boxed-text-word", f"{B}{{\\text{{Monday}}}}", "\\text{Monday}", True),
+    # think tags
+    ("think-after", f"<think>maybe {B}{{3}}</think>The answer is {B}{{4}}", "4", True),
+    ("think-after-wins", f"<think>maybe {B}{{4}}</think>Final: {B}{{3}}", "4", False),
+    ("think-no-answer-after", f"<think>so {B}{{9}}</think>I am done.", "9", True),
+    ("think-unclosed", f"<think>long reasoning {B}{{6}}", "6", True),
+    ("think-answer-is-after", f"<think>{B}{{1}}</think>The answer is: 2", "2", True),
+    # "The answer is"
+    ("answer-is", "Therefore, the answer is: 12.", "12", True),
+    ("answer-is-latex", "The answer is $\\frac{2}{3}$.", "\\frac{2}{3}", True),
+    ("answer-is-wrong", "The answer is 13", "12", False),
+    ("final-answer", "Final Answer: 8", "8", True),
+    ("boxed-beats-answer-is", f"The answer is 3. Actually {B}{{5}}", "5", True),
+    # multiple choice
+    ("mc-boxed", f"{B}{{C}}", "C", True),
+    ("mc-paren", "The answer is (C).", "C", True),
+    ("mc-text", f"{B}{{\\text{{(B)}}}}", "B", True),
+    ("mc-wrong", f"{B}{{D}}", "C", False),
+    ("mc-with-content", f"{B}{{C) 42}}", "C", True),
+    ("mc-gold-paren", f"{B}{{A}}", "(A)", True),
+    ("mc-value-not-letter", f"{B}{{42}}", "C", False),
+    ("mc-bold", "The answer is **B**", "B", True),
+    # gold formats the original got wrong
+    ("gold-boxed", f"{B}{{7}}", f"{B}{{7}}", True),
+    ("gold-dollars", f"{B}{{7}}", "$7$", True),
+    # empty and adversarial
+    ("empty-response", "", "1", False),
+    ("no-answer", "I think it is probably something.", "1", False),
+    ("empty-box", f"{B}{{}}", "1", False),
+    ("empty-gold", f"{B}{{1}}", "", False),
+    ("unbalanced", f"{B}{{{{{{1}}", "1", False),
+    ("python-injection", f"{B}{{__import__('os').system('touch /tmp/psft_pwned')}}", "0", False),
+    ("latex-garbage", f"{B}{{\\frac{{\\frac{{\\frac{{}}}}}}}}", "1", False),
+    ("huge-number", f"{B}{{{'9' * 5000}}}", "1", False),
+]
+
+
+@pytest.mark.parametrize("response,gold,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_labelled_case(response: str, gold: str, expected: bool):
+    assert is_correct(response, gold) is expected
+
+
+def test_case_count_and_agreement():
+    """The issue asks for >= 60 labelled cases; report agreement (the parametrized test asserts each)."""
+    assert len(CASES) >= 60
+    agree = sum(is_correct(r, g) is e for _, r, g, e in CASES)
+    print(f"grader agreement: {agree}/{len(CASES)}")
+    assert agree == len(CASES)
+
+
+def test_model_text_is_never_executed(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    response = f"\\boxed{{__import__('os').system('touch {marker}')}} The answer is eval('1')"
+    assert not is_correct(response, "0")
+    assert not marker.exists()
+
+
+def test_pathological_expression_is_bounded():
+    """A tower that SymPy would expand forever returns False within the hard timeout."""
+    start = time.monotonic()
+    assert is_correct("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1", timeout_s=2.0) is False
+    assert time.monotonic() - start < 8.0
+    # The grader still works after a timeout (the helper process is restarted when it was killed).
+    assert is_correct("\\boxed{\\frac{1}{2}}", "0.5")
+
+
+def test_extraction_details():
+    assert last_boxed("a \\boxed{\\{1,2\\}} b") == "\\{1,2\\}"
+    assert last_boxed("\\boxed{a{b}c} \\boxed{d}") == "d"
+    assert last_boxed("no box") is None
+    assert extract_answer("<think>\\boxed{1}</think>\\boxed{2}") == ("2", True)
+    assert extract_answer("The answer is: 7.") == ("7", False)
+    assert extract_answer("") == (None, False)
+    assert choice_letter("(C) 12") == "C"
+    assert choice_letter("12") is None
+    g = grade("\\boxed{3}", "3")
+    assert g.extracted == "3" and g.boxed and g.correct
