@@ -7,12 +7,15 @@
 #
 # Without `--`, the job runs `python3 -m recipe.psft.main_psft` with the given overrides.
 # Paths in overrides (model, data, trainer.default_local_dir) are paths on the cluster: use shared
-# storage or absolute paths on the head node. ENV_VARS (space-separated NAME=VALUE pairs) are
+# storage or absolute paths on the head node. PYTHON (default python3) is the job's interpreter on
+# the cluster. Clusters with Ray token authentication (the default for `ray start` since Ray 2.5x)
+# need RAY_AUTH_MODE=token here and the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN). ENV_VARS (space-separated NAME=VALUE pairs) are
 # passed to the job's processes, e.g. ENV_VARS="WANDB_API_KEY=... HF_HOME=/shared/hf".
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${RAY_ADDRESS:?set RAY_ADDRESS to the dashboard address of the cluster, e.g. http://127.0.0.1:8265}"
-RAY="${RAY:-ray}"
+# The `ray` CLI on PATH, else this repo's venv; PYTHON is the interpreter *on the cluster* for the job.
+RAY="${RAY:-$(command -v ray || echo "$ROOT/.venv/bin/ray")}"
 PYTHON="${PYTHON:-python3}"
 
 dry_run=0

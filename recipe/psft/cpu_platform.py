@@ -57,6 +57,8 @@ def _build_cpu_device_module() -> types.ModuleType:
     module.set_device = lambda *_args, **_kwargs: None
     module.synchronize = lambda *_args, **_kwargs: None
     module.empty_cache = lambda: None
+    module.get_rng_state = lambda *_args, **_kwargs: torch.get_rng_state()
+    module.set_rng_state = lambda state, *_args, **_kwargs: torch.set_rng_state(state)
     module.manual_seed = torch.manual_seed
     module.manual_seed_all = torch.manual_seed
     module.max_memory_allocated = lambda *_args, **_kwargs: _peak_rss_bytes()

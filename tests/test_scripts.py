@@ -1,0 +1,178 @@
+"""Launch scripts: shellcheck, --dry-run commands (resolved through Hydra), job submission, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from trainer_harness import REPO
+
+SCRIPTS = REPO / "scripts"
+VENV_BIN = Path(sys.executable).parent
+
+
+def dry_run(script: str, *args: str, **env: str) -> list[str]:
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / script), "--dry-run", *args],
+        env={**os.environ, "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return shlex.split(proc.stdout)
+
+
+def resolved_config(command: list[str]) -> dict:
+    """Run a printed Hydra command with --cfg job: composes the config without training."""
+    proc = subprocess.run([*command, "--cfg", "job"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return yaml.safe_load(proc.stdout)
+
+
+def test_shellcheck_clean():
+    scripts = sorted(str(p) for p in SCRIPTS.glob("*.sh")) + [str(REPO / ".ci/run")]
+    shellcheck = VENV_BIN / "shellcheck"
+    proc = subprocess.run([str(shellcheck), *scripts], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize(("script", "mode"), [("run_psft.sh", "psft"), ("run_sft.sh", "sft")])
+def test_cluster_training_scripts_use_the_papers_setting(script, mode, tmp_path):
+    train = tmp_path / "train.parquet"
+    train.touch()
+    env = {"MODEL": "/models/Llama-3.1-8B-Instruct", "TRAIN_FILE": str(train), "NNODES": "2", "GPUS_PER_NODE": "8"}
+    command = dry_run(script, "trainer.total_epochs=3", **env)
+    assert command[:3] == [sys.executable, "-m", "recipe.psft.main_psft"]
+    assert f"psft.loss_mode={mode}" in command and "trainer.total_epochs=3" == command[-1]
+    config = resolved_config(command)
+    assert config["psft"]["loss_mode"] == mode
+    assert (config["data"]["train_batch_size"], config["psft"]["mini_batch_size"]) == (256, 32)
+    assert (config["psft"]["clip_ratio_low"], config["psft"]["clip_ratio_high"]) == (0.2, 0.28)
+    optim = config["optim"]
+    assert (optim["lr"], optim["lr_warmup_steps"], optim["weight_decay"], optim["clip_grad"]) == (1e-6, 10, 0.1, 1.0)
+    assert (config["trainer"]["nnodes"], config["trainer"]["n_gpus_per_node"]) == (2, 8)
+    assert config["model"]["path"] == "/models/Llama-3.1-8B-Instruct"
+    assert config["trainer"]["total_epochs"] == 3  # the extra override came through
+
+
+def test_rl_from_psft_script_resolves_in_verls_ppo_config(tmp_path):
+    command = dry_run("run_rl_from_psft.sh", "trainer.total_epochs=2", PSFT_CKPT="/ckpt/global_step_9/huggingface")
+    assert command[:3] == [sys.executable, "-m", "verl.trainer.main_ppo"]
+    config = resolved_config(command)  # fails if any override names a key verl's PPO config lacks
+    assert config["algorithm"]["adv_estimator"] == "grpo"
+    assert config["actor_rollout_ref"]["model"]["path"] == "/ckpt/global_step_9/huggingface"
+    assert config["actor_rollout_ref"]["rollout"]["name"] == "vllm"
+    assert config["reward"]["custom_reward_function"]["path"] == "pkg://recipe.psft.reward"
+    assert config["trainer"]["total_epochs"] == 2
+
+
+def test_submit_job_dry_run_ships_the_repo_and_env():
+    command = dry_run("submit_job.sh", "model.path=/m", RAY_ADDRESS="http://127.0.0.1:1", ENV_VARS="WANDB_MODE=offline")
+    assert command[1:5] == ["job", "submit", "--address", "http://127.0.0.1:1"]
+    runtime_env = json.loads(command[command.index("--runtime-env-json") + 1])
+    assert runtime_env["working_dir"] == str(REPO)
+    assert ".venv" in runtime_env["excludes"]
+    assert runtime_env["env_vars"]["WANDB_MODE"] == "offline"
+    assert command[command.index("--") + 1 :] == [sys.executable, "-m", "recipe.psft.main_psft", "model.path=/m"]
+
+
+def test_plot_tool_writes_comparison_figures(tmp_path):
+    logs = {}
+    for label, decay in (("SFT", 0.7), ("PSFT", 0.95)):
+        path = tmp_path / f"{label}.jsonl"
+        lines = []
+        for step in range(1, 9):
+            data = {"train/entropy": decay**step, "train/loss": 2.0 / step, "train/clip_frac": 0.01 * step}
+            lines.append(json.dumps({"step": step, "data": data}))
+            if step % 4 == 0:
+                lines.append(json.dumps({"step": step, "data": {"val/entropy": decay**step, "val/loss": 1.0}}))
+        path.write_text("\n".join(lines) + "\n")
+        logs[label] = path
+        eval_dir = tmp_path / f"eval_{label}" / "test"
+        eval_dir.mkdir(parents=True)
+        (eval_dir / "summary.json").write_text(json.dumps({"avg@n": 0.25 if label == "SFT" else 0.5}))
+    out = tmp_path / "figures"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "plot_runs.py"), "--out", str(out)]
+        + [f"--run={label}={path}" for label, path in logs.items()]
+        + [f"--accuracy={label}={tmp_path / f'eval_{label}'}" for label in logs],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("entropy.png", "loss.png", "clip_fraction.png", "accuracy.png"):
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_plot_tool_rejects_a_bad_log_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "data": {"train/loss": 1.0}}\nnot json\n')
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "plot_runs.py"), f"--run=A={bad}", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and f"{bad}, line 2" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A local Ray head on 127.0.0.1 with its dashboard (job server); stopped afterwards."""
+    gcs_port, dashboard_port = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=64"],
+        env=env, stdout=open(tmp_path / "ray_head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True, timeout=60
+        )
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail("the Ray head did not come up: " + (tmp_path / "ray_head.log").read_text()[-3000:])
+    yield {**env, "RAY_ADDRESS": address}
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_submit_job_trains_on_a_local_ray_cluster(ray_head, tiny_model, toy_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "submit_job.sh"), f"model.path={tiny_model}", f"data.train_files={toy_data['train16']}",
+         "trainer.n_gpus_per_node=2", "data.train_batch_size=8", "psft.mini_batch_size=4",
+         "trainer.total_training_steps=2", "data.max_length=512", f"trainer.default_local_dir={ckpt}",
+         "trainer.logger=[console]"],
+        env={**ray_head, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    assert "succeeded" in output
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert (ckpt / "global_step_2" / "huggingface" / "model.safetensors").is_file()
