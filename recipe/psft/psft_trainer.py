@@ -93,7 +93,8 @@ def ensure_ray(config: Any) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    kwargs: dict[str, Any] = {}
+    # address="local": always a fresh local instance, never a stale `ray start` cluster on this host.
+    kwargs: dict[str, Any] = {"address": "local"}
     if config.trainer.device == "cpu":
         # verl's RayResourcePool asks max_colocate_count (10) logical CPUs per worker bundle on top
         # of the worker's own: advertise enough logical CPUs for every worker.
