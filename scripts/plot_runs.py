@@ -52,12 +52,12 @@ def read_accuracy(directory: str | Path) -> dict[str, float]:
         raise SystemExit(f"{directory}: no summary.json found")
     result = {}
     for path in summaries:
-        summary = json.loads(path.read_text())
+        overall = json.loads(path.read_text()).get("overall", {})
         name = path.parent.name if path.parent != directory else directory.name
-        value = summary.get("avg@n", summary.get("accuracy"))
-        if value is None:
-            raise SystemExit(f"{path}: no 'avg@n' in the summary")
-        result[name] = float(value)
+        keys = [k for k in overall if k.startswith("avg@") and not k.endswith("_stderr")]
+        if not keys:
+            raise SystemExit(f"{path}: no overall avg@n in the summary (is it evaluation.eval's summary.json?)")
+        result[name] = float(overall[keys[0]])
     return result
 
 

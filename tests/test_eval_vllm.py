@@ -73,7 +73,7 @@ def _check_rows(rows: list[dict]) -> None:
 
 def _eval_cmd(model: str, test_file: Path, out: Path, *extra: str) -> list[str]:
     cmd = [sys.executable, "-m", "evaluation.eval", "--model", model, "--test_file", str(test_file)]
-    cmd += ["--n", str(N), "--max_tokens", str(MAX_TOKENS), "--output", str(out), "--no-progress", "--seed", "1"]
+    cmd += ["--n", str(N), "--max_tokens", str(MAX_TOKENS), "--output", str(out), "--no-progress"]
     return cmd + list(extra)
 
 

@@ -100,7 +100,8 @@ def test_plot_tool_writes_comparison_figures(tmp_path):
         logs[label] = path
         eval_dir = tmp_path / f"eval_{label}" / "test"
         eval_dir.mkdir(parents=True)
-        (eval_dir / "summary.json").write_text(json.dumps({"avg@n": 0.25 if label == "SFT" else 0.5}))
+        summary = {"overall": {"avg@4": 0.25 if label == "SFT" else 0.5, "avg@4_stderr": 0.1}}
+        (eval_dir / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "figures"
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "plot_runs.py"), "--out", str(out)]

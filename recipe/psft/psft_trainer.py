@@ -138,6 +138,7 @@ class PSFTTrainer(SFTTrainer):
             num_workers=num_workers,
             drop_last=True,
         )
+        self._fresh_loader_state = self.train_dataloader.state_dict()
         self.val_dataloader = None
         if self.val_dataset:
             dp_size = config.trainer.nnodes * config.trainer.n_gpus_per_node
@@ -332,6 +333,11 @@ class PSFTTrainer(SFTTrainer):
 
     def fit(self) -> dict[str, float] | None:
         global_step = self.resume_global_step
+        if global_step and global_step % self.steps_per_epoch == 0:
+            # A checkpoint on the last step of an epoch holds the loader mid-way through its final
+            # batch; restored, it would yield nothing for the next epoch and skip to the one after.
+            # The next epoch starts from scratch anyway.
+            self.train_dataloader.load_state_dict(self._fresh_loader_state)
         tracking = self._make_tracking(global_step)
         last_val = None
         start_epoch = global_step // self.steps_per_epoch
