@@ -53,6 +53,10 @@ def served_name(model: str) -> str:
     return Path(model.rstrip("/")).name
 
 
+class _ShutdownFlag:
+    should_exit = False
+
+
 @serve.ingress()
 class VLLMServer:
     """One replica: an ``AsyncLLM`` engine and vLLM's OpenAI app around it."""
@@ -74,8 +78,17 @@ class VLLMServer:
             build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
         )
         tasks = await engine.get_supported_tasks()
+        self._engine = engine
         self._app = build_app(args, tasks, engine.model_config)
         await init_app_state(engine, self._app.state, args, tasks)
+        # vLLM's error handlers flag `state.server.should_exit` when the engine dies (uvicorn's shutdown
+        # switch); under Serve there is no uvicorn server, and check_health below restarts the replica.
+        self._app.state.server = _ShutdownFlag()
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: a dead engine fails it, so Serve replaces the replica."""
+        if self._engine.errored and not self._engine.is_running:
+            raise RuntimeError("the vLLM engine of this replica has died")
 
     def __serve_build_asgi_app__(self):
         return self._app
