@@ -30,14 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def demonstration_rows(n: int, demo_tokens: int, seed: int) -> list[dict]:
-    """Arithmetic walk-throughs of roughly ``demo_tokens`` tokens (with the tiny tokenizer)."""
+def demonstration_rows(n: int, demo_tokens: int, tokenizer, seed: int) -> list[dict]:
+    """Arithmetic walk-throughs of about ``demo_tokens`` tokens each."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         a = rng.randint(10, 99)
         parts, total = [], a
-        while sum(len(p) for p in parts) < demo_tokens * 2.2:
+        while len(tokenizer(" ".join(parts))["input_ids"]) < demo_tokens - 12:
             b = rng.randint(2, 9)
             parts.append(f"Then {total} + {b} = {total + b}.")
             total += b
@@ -70,10 +70,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="FSDP ranks (GPUs, or CPU processes)")
     parser.add_argument("--model", default=None, help="a HF model folder instead of the random tiny model")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
     args = parser.parse_args()
 
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
+    from safetensors.torch import load_file
     from verl.utils import tensordict_utils as tu
 
     from recipe.psft.config_checks import check_config
@@ -86,7 +88,10 @@ def main() -> None:
         build_tiny_model(work / "model", hidden_size=args.hidden, num_layers=args.layers, num_heads=4)
     )
     train = work / "train.parquet"
-    pd.DataFrame(demonstration_rows(args.batch, args.demo_tokens, seed=0)).to_parquet(train)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    pd.DataFrame(demonstration_rows(args.batch, args.demo_tokens, tokenizer, seed=0)).to_parquet(train)
 
     with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
         config = compose(
@@ -101,6 +106,7 @@ def main() -> None:
                 f"trainer.default_local_dir={work / 'ckpt'}",
                 "data.max_length=2048",
                 "model.enable_gradient_checkpointing=false",
+                *args.overrides,
             ],
         )
     apply_cpu_defaults(config)
@@ -108,7 +114,13 @@ def main() -> None:
     trainer = PSFTTrainer(config=config)
     batch = tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer._base_meta())
     seqlens = trainer._get_batch_seqlens(batch).tolist()
-    print(f"model: {model}  batch {args.batch} x {statistics.mean(seqlens):.0f} tokens (mean), {args.workers} ranks")
+    demo_lengths = batch["loss_mask"].values().reshape(-1).split(seqlens)
+    weights = sorted(Path(model).glob("*.safetensors"))
+    params = sum(t.numel() for f in weights for t in load_file(str(f)).values())
+    print(
+        f"model: {params / 1e6:.1f}M parameters; batch {args.batch} sequences of {statistics.mean(seqlens):.0f} tokens "
+        f"({statistics.mean(int(m.sum()) for m in demo_lengths):.0f} demonstration tokens) on {args.workers} ranks"
+    )
 
     variants = {
         f"SFT, {args.k} updates": ("sft", args.batch // args.k),

