@@ -177,3 +177,26 @@ def test_submit_job_trains_on_a_local_ray_cluster(ray_head, tiny_model, toy_data
     assert "succeeded" in output
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert (ckpt / "global_step_2" / "huggingface" / "model.safetensors").is_file()
+
+
+def test_eval_script_serves_then_runs_the_papers_benchmarks():
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "eval.sh"), "/ckpt/psft-qwen", "--dry-run"],
+        env={**os.environ, "PYTHON": sys.executable, "DATA_DIR": "/data", "PORT": "8123"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    serve = shlex.split(lines[0].rstrip("&"))
+    assert serve[1:4] == ["run", "evaluation.llm:build_app", "model=/ckpt/psft-qwen"] and "port=8123" in serve
+    samples = {}
+    for line in lines[1:]:
+        argv = shlex.split(line)
+        assert argv[:3] == [sys.executable, "-m", "evaluation.eval"]
+        option = dict(zip(argv[3::2], argv[4::2]))
+        assert (option["--temperature"], option["--top_p"], option["--max_tokens"]) == ("0.7", "0.95", "10240")
+        assert option["--model"] == "psft-qwen" and option["--base-url"] == "http://127.0.0.1:8123"
+        samples[Path(option["--test_file"]).stem] = int(option["--n"])
+    assert samples == {"test_aime24": 32, "test_aime25": 32, "test_amc": 32, "test_math500": 8, "test_minerva": 8}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Evaluate a checkpoint on the paper's benchmarks: vLLM behind Ray Serve, then the client, at the
+# paper's sampling (temperature 0.7, top-p 0.95, 10,240 new tokens; Avg@32 on AIME-24/25 and AMC,
+# Avg@8 on MATH-500 and Minerva).
+#
+#   bash scripts/eval.sh MODEL_DIR [--dry-run]
+#   DATA_DIR=~/data/benchmarks (test_<name>.parquet from `prepare_data.py --source benchmarks`)
+#   OUT_DIR=outputs/eval/<model>  TP=1 (tensor parallel)  PORT=8000  BENCHMARKS="aime24 aime25 amc math500 minerva"
+# Results: OUT_DIR/<benchmark>/summary.json; rerunning continues unfinished benchmarks.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+dry_run=0
+model=""
+for arg in "$@"; do
+    if [[ "$arg" == "--dry-run" ]]; then dry_run=1; else model="$arg"; fi
+done
+[[ -n "$model" ]] || { echo "usage: bash scripts/eval.sh MODEL_DIR [--dry-run]" >&2; exit 2; }
+
+PYTHON="${PYTHON:-python3}"
+SERVE="${SERVE:-$(command -v serve || echo "$ROOT/.venv/bin/serve")}"
+DATA_DIR="${DATA_DIR:-$HOME/data/benchmarks}"
+name="$(basename "$model")"
+OUT_DIR="${OUT_DIR:-$ROOT/outputs/eval/$name}"
+TP="${TP:-1}"
+PORT="${PORT:-8000}"
+BENCHMARKS="${BENCHMARKS:-aime24 aime25 amc math500 minerva}"
+
+samples_for() {
+    case "$1" in
+        aime24 | aime25 | amc) echo 32 ;;
+        *) echo 8 ;;
+    esac
+}
+
+serve_cmd=("$SERVE" run evaluation.llm:build_app "model=$model" "tensor-parallel-size=$TP" "port=$PORT")
+eval_cmd() {  # sets `cmd` to the client command for benchmark $1
+    cmd=("$PYTHON" -m evaluation.eval --model "$name" --test_file "$DATA_DIR/test_$1.parquet"
+        --n "$(samples_for "$1")" --temperature 0.7 --top_p 0.95 --max_tokens 10240
+        --base-url "http://127.0.0.1:$PORT" --concurrency 64 --output "$OUT_DIR/$1")
+}
+
+if [[ "$dry_run" == 1 ]]; then
+    printf '%q ' "${serve_cmd[@]}"
+    printf '&\n'
+    for bench in $BENCHMARKS; do
+        eval_cmd "$bench"
+        printf '%q ' "${cmd[@]}"
+        printf '\n'
+    done
+    exit 0
+fi
+
+for bench in $BENCHMARKS; do
+    [[ -f "$DATA_DIR/test_$bench.parquet" ]] || {
+        echo "$DATA_DIR/test_$bench.parquet not found: python prepare_data.py --source benchmarks --output-dir $DATA_DIR" >&2
+        exit 2
+    }
+done
+cd "$ROOT"
+mkdir -p "$OUT_DIR"
+"${serve_cmd[@]}" >"$OUT_DIR/serve.log" 2>&1 &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true' EXIT
+echo "waiting for the server on 127.0.0.1:$PORT (log: $OUT_DIR/serve.log)"
+for _ in $(seq 1 360); do
+    if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null; then break; fi
+    kill -0 "$serve_pid" 2>/dev/null || { echo "the server exited; see $OUT_DIR/serve.log" >&2; exit 1; }
+    sleep 5
+done
+status=0
+for bench in $BENCHMARKS; do
+    eval_cmd "$bench"
+    echo "+ ${cmd[*]}"
+    "${cmd[@]}" || status=$?
+done
+exit "$status"
