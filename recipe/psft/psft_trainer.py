@@ -100,6 +100,8 @@ def ensure_ray(config: Any) -> None:
         # of the worker's own: advertise enough logical CPUs for every worker.
         workers = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, 16 * workers)
+        # Ray pins each worker to OMP_NUM_THREADS=1 unless the variable is set: share the cores out.
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     ray.init(**kwargs)
 
 
