@@ -9,11 +9,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-dry_run=0
-overrides=()
-for arg in "$@"; do
-    if [[ "$arg" == "--dry-run" ]]; then dry_run=1; else overrides+=("$arg"); fi
-done
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
+parse_dry_run "$@"
 
 PSFT_CKPT="${PSFT_CKPT:?set PSFT_CKPT to a PSFT checkpoint folder with HF weights (…/global_step_N/huggingface)}"
 TRAIN_FILE="${TRAIN_FILE:-$HOME/data/openr1/train.parquet}"
@@ -61,13 +59,8 @@ cmd=(
     trainer.save_freq=50
     trainer.test_freq=25
     "trainer.logger=[console,file,wandb]"
-    ${overrides[@]+"${overrides[@]}"}
+    ${ARGS[@]+"${ARGS[@]}"}
 )
 
-if [[ "$dry_run" == 1 ]]; then
-    printf '%q ' "${cmd[@]}"
-    printf '\n'
-    exit 0
-fi
 cd "$ROOT"
-exec "${cmd[@]}"
+print_or_exec "${cmd[@]}"

@@ -43,9 +43,7 @@ env_json+="}"
 runtime_env="{\"working_dir\": \"$ROOT\", \"excludes\": [\".venv\", \".git\", \"outputs\", \"checkpoints\"], \"env_vars\": $env_json}"
 
 cmd=("$RAY" job submit --address "$RAY_ADDRESS" --runtime-env-json "$runtime_env" ${submit_flags[@]+"${submit_flags[@]}"} -- "${job[@]}")
-if [[ "$dry_run" == 1 ]]; then
-    printf '%q ' "${cmd[@]}"
-    printf '\n'
-    exit 0
-fi
-exec "${cmd[@]}"
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
+DRY_RUN=$dry_run
+print_or_exec "${cmd[@]}"

@@ -9,11 +9,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-dry_run=0
-overrides=()
-for arg in "$@"; do
-    if [[ "$arg" == "--dry-run" ]]; then dry_run=1; else overrides+=("$arg"); fi
-done
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
+parse_dry_run "$@"
 
 LOSS_MODE="${LOSS_MODE:-psft}"
 PRESET="${PRESET:-paper_openr1}"
@@ -38,13 +36,8 @@ cmd=(
     "trainer.nnodes=$NNODES"
     "trainer.n_gpus_per_node=$GPUS_PER_NODE"
     "trainer.experiment_name=$EXPERIMENT"
-    ${overrides[@]+"${overrides[@]}"}
+    ${ARGS[@]+"${ARGS[@]}"}
 )
 
-if [[ "$dry_run" == 1 ]]; then
-    printf '%q ' "${cmd[@]}"
-    printf '\n'
-    exit 0
-fi
 cd "$ROOT"
-exec "${cmd[@]}"
+print_or_exec "${cmd[@]}"
