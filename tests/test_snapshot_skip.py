@@ -50,6 +50,9 @@ def test_skip_on_and_off_give_the_same_weights(tiny_model, toy_data, tmp_path, s
         assert abs(lo - 1.0) < 1e-5 and abs(hi - 1.0) < 1e-5
     for a, b in zip(runs[True].series("train/loss"), runs[False].series("train/loss"), strict=True):
         assert a == pytest.approx(b, rel=1e-5)
+    # Adam divides by sqrt(v): for a weight whose gradient is ~0 a 1e-7 relative difference in the
+    # ratio can move it by a few 1e-6 over 8 updates of size ~lr = 1e-3. Well under one update step.
     w_skip, w_full = runs[True].final_weights(), runs[False].final_weights()
     for name in w_skip:
-        torch.testing.assert_close(w_skip[name], w_full[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w_skip[name], w_full[name], rtol=1e-3, atol=1e-5)
+        assert (w_skip[name] - w_full[name]).abs().mean() < 1e-7
