@@ -66,6 +66,30 @@ def reduce_worker_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: _reduce(flatten(value), reduction_for(key, "sum")) for key, value in metrics.items()}
 
 
+def update_metrics(worker_metrics: dict[str, Any]) -> dict[str, float]:
+    """One optimizer update's metrics: the loss metrics reduced over ranks, plus grad norm and lr."""
+    reduced = reduce_worker_metrics(
+        {k: v for k, v in worker_metrics.items() if k not in ("loss", "grad_norm", "lr", "mfu")}
+    )
+    reduced["grad_norm"] = float(worker_metrics["grad_norm"])
+    if "lr" in worker_metrics:  # present on the step's last update, after the scheduler advanced
+        reduced["lr"] = float(worker_metrics["lr"])
+    return reduced
+
+
+def step_metrics(per_update: dict[str, list[float]]) -> dict[str, float]:
+    """A step's logged metrics from its updates' (means, except maxima/minima; the first update apart)."""
+    out = {key: _reduce(values, reduction_for(key, "mean")) for key, values in per_update.items()}
+    result = {f"train/{k}": v for k, v in out.items() if not k.startswith("perf/") and k not in ("loss_tokens", "lr")}
+    result.update({k: v for k, v in out.items() if k.startswith("perf/")})
+    result["train/loss"] = out["nll"]  # the NLL of the demonstrations, comparable across loss modes
+    result["train/lr"] = per_update["lr"][-1] if per_update.get("lr") else float("nan")
+    result["train/first_update_ratio_min"] = per_update["ratio_min"][0]
+    result["train/first_update_ratio_max"] = per_update["ratio_max"][0]
+    result["train/updates"] = len(per_update["nll"])
+    return result
+
+
 def update_schedule(batch_size: int, mini_batch_size: int, epochs: int, shuffle: bool, seed: int) -> list[torch.Tensor]:
     """Row indices of each optimizer update of one step: ``epochs`` passes of k mini-batches."""
     generator = torch.Generator().manual_seed(seed)
@@ -254,28 +278,15 @@ class PSFTTrainer(SFTTrainer):
                 update_lr_scheduler=update == len(schedule) - 1,
                 global_token_num=NonTensorData([seqlens[i] for i in indices.tolist()]),
             )
-            output = self.training_client.train_batch(mini_batch).get()
-            metrics = tu.get(output, "metrics")
-            for key, value in reduce_worker_metrics(
-                {k: v for k, v in metrics.items() if k not in ("loss", "grad_norm", "lr", "mfu")}
-            ).items():
+            metrics = tu.get(self.training_client.train_batch(mini_batch).get(), "metrics")
+            for key, value in update_metrics(metrics).items():
                 per_update[key].append(value)
-            per_update["grad_norm"].append(float(metrics["grad_norm"]))
-            if "lr" in metrics:
-                per_update["lr"].append(float(metrics["lr"]))
 
-        out = {key: _reduce(values, reduction_for(key, "mean")) for key, values in per_update.items()}
-        result = {f"train/{k}": v for k, v in out.items() if not k.startswith("perf/") and k != "loss_tokens"}
-        result["train/loss"] = out["nll"]  # the NLL of the demonstrations, comparable across loss modes
-        result["train/lr"] = per_update["lr"][-1] if per_update.get("lr") else float("nan")
-        result["train/first_update_ratio_min"] = per_update["ratio_min"][0]
-        result["train/first_update_ratio_max"] = per_update["ratio_max"][0]
-        result["train/updates"] = len(schedule)
+        result = step_metrics(per_update)
         result["train/psft_active"] = float(mode == "psft")
+        result["train/global_tokens"] = float(sum(seqlens))
         result["perf/snapshot_time_s"] = snapshot_time
         result["perf/snapshot_rows"] = len(old_log_probs)
-        result.update({k: v for k, v in out.items() if k.startswith("perf/")})
-        result["train/global_tokens"] = float(sum(seqlens))
         return result
 
     # --- validation --------------------------------------------------------------------------
