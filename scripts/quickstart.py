@@ -54,7 +54,7 @@ class Plan:
 # 135M parameters every update. k = 8 updates per snapshot so the trust region has room to bind.
 FULL = Plan(
     model="SmolLM2-135M-Instruct",
-    train_size=64,
+    train_size=48,
     test_size=32,
     ood_size=30,
     batch=16,
