@@ -144,6 +144,8 @@ class PSFTTrainer(SFTTrainer):
             for mode in ("psft", "sft", "dft")
         }
         self._active_loss_mode = None
+        # Asked once: on the worker group this query is a remote call to every worker.
+        self.dp_size = max(self.training_client._query_dispatch_info("train")) + 1
 
     def _build_dataloader(self) -> None:
         # verl's version hard-codes 8 loader processes per loader; ours honours data.num_workers
@@ -220,15 +222,12 @@ class PSFTTrainer(SFTTrainer):
             "distillation_use_topk": token_metrics and not self.config.model.get("use_fused_kernels", False),
         }
 
-    def _dp_size(self) -> int:
-        return max(self.training_client._query_dispatch_info("train")) + 1
-
     def _balance_for_dp(self, indices: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
         """Reorder a mini-batch so each data-parallel rank gets a similar token workload."""
         if not self.config.trainer.balance_batch:
             return indices
         workload = calculate_workload(torch.tensor([seqlens[i] for i in indices.tolist()], dtype=torch.float32))
-        partitions = get_seqlen_balanced_partitions(workload, k_partitions=self._dp_size(), equal_size=True)
+        partitions = get_seqlen_balanced_partitions(workload, k_partitions=self.dp_size, equal_size=True)
         return indices[torch.tensor([j for part in partitions for j in sorted(part)])]
 
     def _snapshot_log_probs(self, batch, rows: torch.Tensor) -> dict[int, torch.Tensor]:
