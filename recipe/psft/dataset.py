@@ -132,7 +132,9 @@ class ChatTokenizer:
             if message["role"] != "assistant":
                 continue
             prefix = self.ids(messages[:turn], add_generation_prompt=True) if turn else []
-            through = self.ids(messages[: turn + 1], add_generation_prompt=False)
+            # The last turn ends the conversation: `full` is already its rendering (the common case).
+            last = turn == len(messages) - 1
+            through = full if last else self.ids(messages[: turn + 1], add_generation_prompt=False)
             if full[: len(through)] != through or through[: len(prefix)] != prefix:
                 raise DataError(
                     f"{where}: the chat template does not render the conversation as prompt + assistant turn "
