@@ -143,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from recipe.psft.tiny_assets import build_tiny_model
+            from psft_assets.tiny_model import build_tiny_model
 
             model = str(build_tiny_model(Path(tmp) / "tiny"))
         jobs = make_jobs(args.problems, args.n)

@@ -78,10 +78,10 @@ def main() -> None:
     from safetensors.torch import load_file
     from verl.utils import tensordict_utils as tu
 
+    from psft_assets.tiny_model import build_tiny_model
     from recipe.psft.config_checks import check_config
     from recipe.psft.cpu_platform import apply_cpu_defaults
     from recipe.psft.psft_trainer import PSFTTrainer
-    from recipe.psft.tiny_assets import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="psft_step_cost_"))
     model = args.model or str(

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
 
-    from recipe.psft.tiny_assets import build_tiny_model
+    from psft_assets.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="psft_first_step_"))
     model = build_tiny_model(work / "model")

@@ -9,4 +9,4 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
-exec "${PSFT_VENV:-$ROOT/.venv}/bin/python" "$ROOT/scripts/quickstart.py" "$@"
+exec "${PSFT_VENV:-$ROOT/.venv}/bin/python" -m pipelines.quickstart "$@"

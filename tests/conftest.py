@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainer_harness import make_rows, write_parquet
+
+from psft_assets.toy_rows import make_rows, write_parquet
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from recipe.psft.tiny_assets import build_tiny_model
+    from psft_assets.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 

@@ -1,4 +1,4 @@
-"""Helpers for tests that run the real trainer: toy data, overrides, a subprocess runner, log access."""
+"""Helpers for tests that run the real trainer: overrides, a subprocess runner, log access."""
 
 from __future__ import annotations
 
@@ -9,42 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_rows(n: int, seed: int = 0, long_every: int = 0) -> list[dict]:
-    """Toy arithmetic demonstrations of varied length, in prepare_data.py's output layout."""
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
-        steps = " ".join(f"Step {j}: {a} + {j} = {a + j}." for j in range(rng.randint(1, 6)))
-        if long_every and i % long_every == 0:
-            steps = steps * 8
-        rows.append(
-            {
-                "data_source": "toy_add",
-                "prompt": [
-                    {"role": "system", "content": "Please reason step by step."},
-                    {"role": "user", "content": f"What is {a} + {b}?"},
-                ],
-                "demonstration": f"{steps} So {a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}.",
-                "ability": "math",
-                "reward_model": {"ground_truth": str(a + b), "style": "rule"},
-                "extra_info": {"split": "train", "index": i},
-            }
-        )
-    return rows
-
-
-def write_parquet(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(path)
-    return path
 
 
 @dataclass

@@ -15,7 +15,7 @@ from prepare import builtin
 from prepare.local import plain
 from prepare.records import SYSTEM_PROMPT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_builtin(out: Path, *args: str) -> subprocess.CompletedProcess:

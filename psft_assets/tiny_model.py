@@ -4,7 +4,7 @@ The tokenizer is a byte-level BPE trained on a small built-in corpus, with ChatM
 a ChatML chat template (``<|im_start|>role\\n...<|im_end|>\\n``), like Qwen2.5's. The model is a
 randomly initialised Qwen2 of any size. Nothing is downloaded.
 
-    python -m recipe.psft.tiny_assets OUT_DIR [--hidden 64 --layers 2 --heads 2]
+    python -m psft_assets.tiny_model OUT_DIR [--hidden 64 --layers 2 --heads 2]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 import prepare_data
 from prepare.records import SYSTEM_PROMPT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["data_source", "prompt", "demonstration", "ability", "reward_model", "extra_info"]
 
 ROWS = [
@@ -282,7 +282,7 @@ def test_local_is_deterministic(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory) -> Path:
-    from recipe.psft.tiny_assets import build_tokenizer
+    from psft_assets.tiny_model import build_tokenizer
 
     path = tmp_path_factory.mktemp("tok")
     build_tokenizer(path)

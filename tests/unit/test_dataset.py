@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from trainer_harness import write_parquet
 from transformers import AutoTokenizer
 
+from psft_assets.toy_rows import write_parquet
 from recipe.psft.dataset import DemonstrationDataset
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Offline quickstart: SFT vs PSFT on SmolLM2-135M-Instruct, trained and evaluated on 2 CPU cores.
 
 Stages (each skipped when its output already exists, so a rerun continues where one stopped):
@@ -27,8 +26,6 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 @dataclass
@@ -101,11 +98,11 @@ def run(command: list[str], log: Path, env: dict | None = None) -> None:
 
 def stage_model(cache: Path, smoke: bool) -> Path:
     if smoke:
-        from recipe.psft.tiny_assets import build_tiny_model
+        from psft_assets.tiny_model import build_tiny_model
 
         path = cache / "tiny-qwen2"
         return path if (path / "config.json").is_file() else build_tiny_model(path)
-    from recipe.psft.smollm2 import materialize
+    from psft_assets.smollm2 import materialize
 
     return materialize(cache / "smollm2-135m-instruct")
 
@@ -215,16 +212,16 @@ def split_accuracy(summary: dict) -> dict[str, float]:
 
 
 def stage_report(out: Path, plan: Plan, summaries: dict[str, dict], timings: dict[str, float]) -> str:
-    import plot_runs
+    from pipelines import plots
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     logs = {"SFT": out / "logs" / "sft.jsonl", "PSFT": out / "logs" / "psft.jsonl"}
-    runs = {label: plot_runs.read_log(path) for label, path in logs.items()}
-    written = plot_runs.plot_curves(runs, figures)
+    runs = {label: plots.read_log(path) for label, path in logs.items()}
+    written = plots.plot_curves(runs, figures)
     accuracy = {label: split_accuracy(summary) for label, summary in summaries.items()}
     written.append(
-        plot_runs.plot_accuracy(
+        plots.plot_accuracy(
             {label: {"in-domain": a["in_domain"], "out-of-domain": a["ood"]} for label, a in accuracy.items()},
             figures,
         )

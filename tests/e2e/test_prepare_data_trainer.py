@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
     not (ROOT / "recipe" / "psft" / "main_psft.py").is_file(), reason="trainer entry point not yet available"
 )
 def test_builtin_output_trains_one_step(tmp_path: Path) -> None:
-    from recipe.psft.tiny_assets import build_tiny_model
+    from psft_assets.tiny_model import build_tiny_model
 
     data = tmp_path / "data"
     prepared = subprocess.run(

@@ -18,7 +18,7 @@ import pytest
 from evaluation import eval as evalcli
 from evaluation.store import SAMPLES_FILE, SUMMARY_FILE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = [("What is 1+1?", "2"), ("What is 2+3?", "5"), ("Name the letter", "C")]
 
 

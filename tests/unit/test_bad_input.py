@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import ray
 from hydra import compose, initialize_config_dir
-from trainer_harness import make_rows, write_parquet
 
+from psft_assets.toy_rows import make_rows, write_parquet
 from recipe.psft.config_checks import ConfigError
 from recipe.psft.dataset import DataError
 from recipe.psft.main_psft import run_psft

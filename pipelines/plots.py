@@ -1,0 +1,149 @@
+"""Compare training runs from their verl file logs (JSONL): entropy, loss, clip fraction, accuracy.
+
+    python scripts/plot_runs.py --run SFT=logs/sft.jsonl --run PSFT=logs/psft.jsonl --out figures/
+    python scripts/plot_runs.py --run SFT=sft.jsonl --run PSFT=psft.jsonl \\
+        --accuracy SFT=eval/sft --accuracy PSFT=eval/psft --out figures/
+
+Each log line is verl's `{"step": N, "data": {...}}` (trainer.logger=[...,file], path from
+VERL_FILE_LOGGER_PATH). `--accuracy LABEL=DIR` reads evaluation summaries: DIR/*/summary.json or
+DIR/summary.json as written by `python -m evaluation.eval --output DIR`.
+Writes one PNG per figure and prints the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# (file name, title, [(metric, y label)]) : one figure per entry, one line per run and metric.
+FIGURES = [
+    ("entropy.png", "Token entropy on demonstrations", [("train/entropy", "train"), ("val/entropy", "held-out")]),
+    ("loss.png", "Demonstration NLL", [("train/loss", "train"), ("val/loss", "held-out")]),
+    ("clip_fraction.png", "Share of tokens outside the trust region (r > 1 + eps_high)", [("train/clip_frac", "")]),
+    ("ratio.png", "Probability ratio to the snapshot", [("train/ratio_max", "max"), ("train/ratio_mean", "mean")]),
+]
+
+
+def read_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """metric -> [(step, value)], later lines for the same step winning (resumed runs)."""
+    series: dict[str, dict[int, float]] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            step, data = int(entry["step"]), entry["data"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}, line {number}: not a verl file-log line ({exc})") from exc
+        for key, value in data.items():
+            if isinstance(value, int | float):
+                series.setdefault(key, {})[step] = float(value)
+    return {key: sorted(points.items()) for key, points in series.items()}
+
+
+def read_accuracy(directory: str | Path) -> dict[str, float]:
+    """test set name -> accuracy (avg@n) from evaluation summaries under ``directory``."""
+    directory = Path(directory)
+    summaries = sorted(directory.glob("*/summary.json")) or sorted(directory.glob("summary.json"))
+    if not summaries:
+        raise SystemExit(f"{directory}: no summary.json found")
+    result = {}
+    for path in summaries:
+        overall = json.loads(path.read_text()).get("overall", {})
+        name = path.parent.name if path.parent != directory else directory.name
+        keys = [k for k in overall if k.startswith("avg@") and not k.endswith("_stderr")]
+        if not keys:
+            raise SystemExit(f"{path}: no overall avg@n in the summary (is it evaluation.eval's summary.json?)")
+        result[name] = float(overall[keys[0]])
+    return result
+
+
+def parse_pairs(pairs: list[str], what: str) -> list[tuple[str, str]]:
+    parsed = []
+    for pair in pairs:
+        label, sep, path = pair.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--{what} {pair!r}: expected LABEL=PATH")
+        parsed.append((label, path))
+    return parsed
+
+
+def plot_curves(runs: dict[str, dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for filename, title, metrics in FIGURES:
+        if not any(metric in series for series in runs.values() for metric, _ in metrics):
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for index, (label, series) in enumerate(runs.items()):
+            color = f"C{index}"
+            for style, (metric, suffix) in zip(("-", "--", ":"), metrics):
+                if metric in series:
+                    steps, values = zip(*series[metric])
+                    name = f"{label} {suffix}".strip()
+                    ax.plot(steps, values, style, color=color, marker="o", markersize=2.5, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("global step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / filename
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_accuracy(accuracy: dict[str, dict[str, float]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test_sets = sorted({name for values in accuracy.values() for name in values})
+    width = 0.8 / max(len(accuracy), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for index, (label, values) in enumerate(accuracy.items()):
+        xs = [i + index * width for i in range(len(test_sets))]
+        heights = [100 * values.get(name, float("nan")) for name in test_sets]
+        bars = ax.bar(xs, heights, width=width, label=label, color=f"C{index}")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks([i + width * (len(accuracy) - 1) / 2 for i in range(len(test_sets))], test_sets)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy by test set")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", default=[], help="LABEL=path/to/log.jsonl (repeatable)")
+    parser.add_argument("--accuracy", action="append", default=[], help="LABEL=eval output dir (repeatable)")
+    parser.add_argument("--out", required=True, help="folder for the PNGs")
+    args = parser.parse_args(argv)
+    if not args.run and not args.accuracy:
+        parser.error("give at least one --run or --accuracy")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {label: read_log(path) for label, path in parse_pairs(args.run, "run")}
+    written = plot_curves(runs, out) if runs else []
+    if args.accuracy:
+        accuracy = {label: read_accuracy(path) for label, path in parse_pairs(args.accuracy, "accuracy")}
+        written.append(plot_accuracy(accuracy, out))
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
