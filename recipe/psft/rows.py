@@ -203,9 +203,9 @@ def text_problem(value: Any, what: str) -> str | None:
     return None
 
 
-def _turns_problem(messages: Any, what: str) -> str | None:
+def _turns_problem(messages: Any, expected: str) -> str | None:
     if not isinstance(messages, list) or not messages:
-        return f"{what} must be a non-empty list of chat messages, got {type(messages).__name__}: {messages!r:.60}"
+        return f"{expected}, got {type(messages).__name__}: {messages!r:.60}"
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             return f"message {i} must be a dict with 'role' and 'content', got {message!r:.60}"
@@ -223,7 +223,7 @@ def prompt_problem(prompt: Any) -> str | None:
     """Why a prompt (a string: one user turn, or chat messages ending with the user's) is unusable."""
     if isinstance(prompt, str) or prompt is None:
         return text_problem(prompt, "prompt")
-    reason = _turns_problem(prompt, "prompt (a string or a list)")
+    reason = _turns_problem(prompt, "prompt must be a string or a non-empty list of chat messages")
     if reason is None and prompt[-1]["role"] != "user":
         reason = f"the last prompt message must be the user's, got role {prompt[-1]['role']!r}"
     return reason
@@ -231,7 +231,7 @@ def prompt_problem(prompt: Any) -> str | None:
 
 def conversation_problem(messages: Any) -> str | None:
     """Why a verl ``messages`` conversation (system?, user, assistant, ...) cannot be trained on."""
-    reason = _turns_problem(messages, "messages")
+    reason = _turns_problem(messages, "messages must be a non-empty list of chat messages")
     if reason is None and not any(m["role"] == "assistant" for m in messages):
         reason = "no assistant turn to train on"
     if reason is None and next(m for m in messages if m["role"] != "system")["role"] != "user":
