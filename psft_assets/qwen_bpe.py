@@ -107,21 +107,28 @@ def base_bpe_json() -> str:
 
 
 def build_qwen_tokenizer(
-    specials: tuple[str, ...] = QWEN_SPECIALS, added: tuple[str, ...] = (), chat_template: str | None = None
+    specials: tuple[str, ...] = QWEN_SPECIALS,
+    added: tuple[str, ...] = (),
+    chat_template: str | None = None,
+    eos: str = "<|im_end|>",
+    bos: str | None = None,
 ):
     """A ``PreTrainedTokenizerFast`` with Qwen2.5's vocabulary and merges, ``specials`` as special tokens from
-    id 151643 on and ``added`` as ordinary added tokens after them (Qwen3's ``<think>``, for example)."""
+    id 151643 on, ``added`` as ordinary added tokens after them (Qwen3's ``<think>``, for example), and
+    ``eos``/``bos`` among the specials."""
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer.from_str(base_bpe_json())
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in added])
+    named = {eos, bos, "<|endoftext|>"}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token="<|im_end|>" if "<|im_end|>" in specials else specials[0],
+        eos_token=eos,
+        bos_token=bos,
         pad_token="<|endoftext|>" if "<|endoftext|>" in specials else None,
-        additional_special_tokens=[s for s in specials if s not in ("<|im_end|>", "<|endoftext|>")],
+        additional_special_tokens=[s for s in specials if s not in named],
     )
     if chat_template is not None:
         fast.chat_template = chat_template
