@@ -8,7 +8,8 @@
 Writes ``train.parquet`` and ``test*.parquet`` into ``--output-dir`` with the columns ``data_source``,
 ``prompt`` (chat messages), ``demonstration``, ``ability``, ``reward_model`` {ground_truth, style} and
 ``extra_info`` {split, index, source_row}, plus ``data_card.json`` (source, versions, row counts, skipped
-rows with reasons, content hash). The same options and seed give byte-identical files.
+rows with reasons, rows holding control strings, content hash). The same options and seed give
+byte-identical files. The work is in ``prepare/``; rows are defined in ``recipe/psft/rows.py``.
 
 Exit codes: 0 done; 2 invalid input (bad rows, a missing file or key, bad options); 3 a Hub source that
 cannot be reached (use --source builtin or --source local offline).

@@ -218,6 +218,9 @@ def test_missing_key_lists_columns_present(tmp_path: Path, capsys) -> None:
         (["--source", "builtin", "--max-length", "10"], "--max-length needs --tokenizer"),
         (["--source", "builtin", "--benchmarks", "gsm9k"], "unknown ['gsm9k']"),
         (["--source", "builtin", "--test-size", "-1"], "--test-size must be >= 0"),
+        (["--source", "builtin", "--chat-template-kwargs", "{}"], "--chat-template-kwargs needs --tokenizer"),
+        (["--source", "builtin", "--tokenizer", "t", "--chat-template-kwargs", "[1]"], "expected a JSON object"),
+        (["--source", "builtin", "--tokenizer", "t", "--chat-template-kwargs", "{x"], "not valid JSON"),
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:
