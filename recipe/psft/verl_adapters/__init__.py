@@ -24,6 +24,8 @@ subclasses ``verl.trainer.sft_trainer_ray.SFTTrainer`` and overrides its ``_buil
 ``verl.utils.tensordict_utils``, ``SFTTensorCollator`` and ``verl.utils.seqlen_balancing``;
 ``main_psft.py`` calls ``verl.utils.device.auto_set_device``; the recipe config extends verl's
 ``sft_trainer_engine`` config; ``dataset.py`` is loaded through ``data.custom_cls``.
+``benchmarks/step_cost.py`` reads worker memory through the worker group's ``workers`` and Ray's
+``__ray_call__``.
 
 Importing this package checks that the installed verl is the version this recipe was tested with
 (:data:`TESTED_VERL_VERSION`). Any other version raises :class:`UntestedVerlError`, unless the
