@@ -27,11 +27,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from recipe.psft.config_checks import TRUNCATION_MODES
 from recipe.psft.rows import ConversationEncoder, DataError, columns_of, conversation_of, read_records
 
 __all__ = ["DataError", "DemonstrationDataset", "truncate"]
-
-TRUNCATION_MODES = ("error", "left", "right")
 
 
 def _plain(value: Any) -> Any:
