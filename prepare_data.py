@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prepare import builtin, hub, local, stats
+from prepare.overlap import Overlap
 from prepare.records import (
     SYSTEM_PROMPT,
     DataError,
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="system message for every prompt (replaces any in the input); openr1/builtin default to "
         "the paper's step-by-step \\boxed{} prompt, local to none",
+    )
+    p.add_argument(
+        "--decontaminate",
+        action="store_true",
+        help="drop test problems that also appear in the training set (default: keep them; the overlap is "
+        "always reported in the data card under overlap_with_training)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -262,14 +269,18 @@ def collect(args: argparse.Namespace, report: Report) -> dict[str, Part]:
     for name in args.benchmark_list:  # graded by \boxed{} extraction: always the paper's prompt by default
         bench = hub.BENCHMARKS[name]
         rows = hub.load_hub_rows(bench.repo, bench.split, bench.config)
-        hub.check_layout(rows, bench.repo, [bench.problem_keys, bench.answer_keys])
+        hub.check_layout(rows, bench.repo, bench.required_columns())
         examples = [hub.benchmark_example(bench, r, i + 1) for i, r in enumerate(rows)]
         files[f"test_{name}"] = Part("test", examples, paper_prompt)
     return files
 
 
-def finalize(files: dict[str, Part], skip_invalid: bool, report: Report) -> dict[str, list[dict[str, Any]]]:
-    """Validate, de-duplicate (within each file; test files also against training) and format every row."""
+def finalize(
+    files: dict[str, Part], skip_invalid: bool, report: Report, overlap: Overlap | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Validate, de-duplicate within each file, report test rows that repeat a training prompt (dropped
+    only with --decontaminate) and format every row."""
+    overlap = overlap if overlap is not None else Overlap()
     out: dict[str, list[dict[str, Any]]] = {}
     train_seen: dict[str, Example] = {}
     for name in sorted(files, key=lambda n: (n != "train", n)):  # training first: tests dedupe against it
@@ -279,7 +290,7 @@ def finalize(files: dict[str, Part], skip_invalid: bool, report: Report) -> dict
         good = check_all(part.examples, part.kind, skip_invalid, report)
         pairs = dedupe([(e, messages_of(e, part.system_prompt)) for e in good], report)
         if part.kind == "test" and train_seen:
-            pairs = dedupe(pairs, report, seen=train_seen, against="training set")
+            pairs = overlap.check(name, pairs, train_seen)
         if name == "train":
             train_seen = {prompt_key(m): e for e, m in pairs}
         if not pairs:
@@ -310,6 +321,7 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """The options that decide the content, for the card (paths as given, so the card is reproducible)."""
     keep = ["source", "seed", "test_size", "max_samples", "skip_invalid", "benchmarks", "system_prompt"]
+    keep += ["decontaminate"]
     if args.source == "local":
         keep += ["input", "test_input", "prompt_key", "response_key", "answer_key", "messages_key", "data_source"]
     if args.source == "builtin":
@@ -320,7 +332,11 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_outputs(
-    args: argparse.Namespace, out: dict[str, list[dict[str, Any]]], report: Report, token_stats: dict[str, Any]
+    args: argparse.Namespace,
+    out: dict[str, list[dict[str, Any]]],
+    report: Report,
+    token_stats: dict[str, Any],
+    overlap: Overlap | None = None,
 ) -> dict[str, Any]:
     """Write the parquet files and the card; warn about parquet files from earlier runs left beside them."""
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -343,8 +359,10 @@ def write_outputs(
     }
     if args.source in ("openr1", "benchmarks") or args.benchmark_list:
         card["hub_datasets"] = ([hub.OPENR1_REPO] if args.source == "openr1" else []) + [
-            f"{hub.BENCHMARKS[n].repo} ({hub.BENCHMARKS[n].split})" for n in args.benchmark_list
+            hub.BENCHMARKS[n].source for n in args.benchmark_list
         ]
+    if overlap is not None and overlap.sizes:
+        card["overlap_with_training"] = overlap.card()
     if token_stats:
         card["token_stats"] = token_stats
     if stale:
@@ -368,9 +386,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     report = Report()
     files = collect(args, report)
-    out = finalize(files, args.skip_invalid, report)
+    overlap = Overlap(decontaminate=args.decontaminate)
+    out = finalize(files, args.skip_invalid, report, overlap)
     token_stats = compute_token_stats(args, out)
-    card = write_outputs(args, out, report, token_stats)
+    card = write_outputs(args, out, report, token_stats, overlap)
+    for line in overlap.lines():
+        print(f"overlap: {line}", file=sys.stderr)
     print_summary(args, card, report, token_stats, time.perf_counter() - started)
     return card
 
