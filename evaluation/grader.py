@@ -222,6 +222,7 @@ class _VerifyWorker:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
+        self._ready = False  # the helper has said it is ready (imports done)
         self._started_once = False
         self._lock = threading.Lock()
         atexit.register(self.close)
@@ -253,34 +254,40 @@ class _VerifyWorker:
                 return bool(proc.stdout.readline())
 
     def close(self) -> None:
-        proc, self._proc = self._proc, None
+        proc, self._proc, self._ready = self._proc, None, False
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
 
     def _ensure(self, timeout_s: float) -> subprocess.Popen[str] | None:
-        """The running helper. The first start in a process may take STARTUP_TIMEOUT_S (importing SymPy
-        on a cold machine); a restart after a kill is charged to the caller and bounded by ``timeout_s``."""
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
-        self.close()
-        proc = self._spawn()
+        """The ready helper, or None when a restart is still under way after ``timeout_s``.
+
+        The first start in a process may take STARTUP_TIMEOUT_S (importing SymPy on a cold machine). A
+        restart after a kill is charged to the caller and bounded by ``timeout_s``; a helper still
+        starting then is kept, so the next call picks it up instead of starting over.
+        """
+        proc = self._proc
+        if proc is not None and proc.poll() is None and self._ready:
+            return proc
+        if proc is None or proc.poll() is not None:
+            self.close()
+            proc = self._proc = self._spawn()
+            self._ready = False
         limit = timeout_s if self._started_once else STARTUP_TIMEOUT_S
         try:
             ok = self._wait_ready(proc, limit)
         except BaseException:
-            proc.kill()
-            proc.wait()
+            self.close()
             raise
-        if not ok:
-            proc.kill()
-            proc.wait()
-            if not self._started_once:
-                raise RuntimeError("the math-verify helper process (evaluation._verify_worker) did not start")
-            return None
-        self._started_once = True
-        self._proc = proc
-        return proc
+        if ok:
+            self._ready = self._started_once = True
+            return proc
+        if not self._started_once:
+            self.close()
+            raise RuntimeError("the math-verify helper process (evaluation._verify_worker) did not start")
+        if proc.poll() is not None:
+            self.close()  # it died while starting: the next call starts a new one
+        return None
 
     def check(self, gold: str, pred: str, timeout_s: float) -> bool | None:
         """math-verify's verdict, or None when it did not answer within ``timeout_s`` (worker killed)."""
