@@ -136,11 +136,12 @@ def read_accuracy_log(path: str | Path) -> dict[str, list[tuple[int, float, floa
     series = read_log(path)
     out: dict[str, list[tuple[int, float, float]]] = {}
     for key, points in series.items():
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "eval" or not parts[2].startswith("avg@") or parts[2].endswith("_stderr"):
+        # eval/<source>/avg@n, where the source name may itself hold slashes (reasoning_gym/gsm_symbolic)
+        source, _, metric = key.removeprefix("eval/").rpartition("/")
+        if not key.startswith("eval/") or not source or not metric.startswith("avg@") or metric.endswith("_stderr"):
             continue
         errors = dict(series.get(key + "_stderr", []))
-        out[parts[1]] = [(step, value, errors.get(step, 0.0)) for step, value in points]
+        out[source] = [(step, value, errors.get(step, 0.0)) for step, value in points]
     if not out:
         raise SystemExit(f"{path}: no eval/<source>/avg@n values (is it an evaluation.steps log?)")
     return out
@@ -173,6 +174,7 @@ def plot_accuracy_over_steps(runs: dict[str, dict[str, list[tuple[int, float, fl
         ax.set_title("all test problems" if source == "all" else source)
         ax.set_xlabel("global step")
         ax.set_ylabel("accuracy (%, ± s.e.)")
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 5))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
