@@ -26,6 +26,7 @@ from typing import Any
 
 from prepare import builtin, card, control, hub, stats
 from prepare.collect import collect, finalize
+from prepare.overlap import Overlap
 from prepare.records import Report, SourceUnavailable
 from recipe.psft.rows import ConversationEncoder, DataError
 
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="system message for every prompt (replaces any in the input); openr1/builtin default to "
         "the paper's step-by-step \\boxed{} prompt, local to none",
+    )
+    p.add_argument(
+        "--decontaminate",
+        action="store_true",
+        help="drop test problems that also appear in the training set (default: keep them; the overlap is "
+        "always reported in the data card under overlap_with_training)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -176,14 +183,19 @@ def parse_benchmarks(value: str) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     report = Report()
-    out = finalize(collect(args, report), args.skip_invalid, report)
+    overlap = Overlap(decontaminate=args.decontaminate)
+    out = finalize(collect(args, report), args.skip_invalid, report, overlap)
     encoder = None
     token_stats = {}
     if args.tokenizer:
         encoder = ConversationEncoder(stats.load_tokenizer(args.tokenizer), args.chat_template_kwargs)
         for name, rows in out.items():
             token_stats[name] = stats.token_stats(encoder, name, rows, args.max_length)
-    written = card.write_outputs(args, out, report, token_stats, control.find_control_strings(out, encoder))
+    written = card.write_outputs(
+        args, out, report, token_stats, control.find_control_strings(out, encoder), overlap
+    )
+    for line in overlap.lines():
+        print(f"overlap: {line}", file=sys.stderr)
     card.print_summary(args, written, report, time.perf_counter() - started)
     return written
 

@@ -2,7 +2,8 @@
 :mod:`evaluation.llm`, or any vLLM server) with bounded concurrency and retries.
 
 One request per job asks for all of its missing samples with ``n``. Transient failures (connection
-errors, timeouts, 408/429/5xx) are retried with exponential backoff and jitter; a job that still fails
+errors, timeouts, 408/429/5xx, and HTTP 200 replies that are not well-formed) are retried with
+exponential backoff and jitter; a job that still fails
 is reported as an error with the last reason, so the caller records it instead of dropping it.
 """
 
@@ -47,9 +48,8 @@ def _payload(job: Job, model: str, sampling: Sampling) -> dict:
         "model": model,
         "messages": job.problem.messages,
         "n": len(job.sample_indices),
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "max_tokens": sampling.max_tokens,
+        # Every sampling parameter, so nothing is filled from the model's generation_config.json.
+        **sampling.request_fields(),
         # vLLM extension: per-choice token ids, the only exact per-sample token count when n > 1.
         "return_token_ids": True,
     }
@@ -59,18 +59,34 @@ def _payload(job: Job, model: str, sampling: Sampling) -> dict:
     return body
 
 
-def parse_choices(data: dict, n: int) -> list[Completion]:
-    """Completions in choice order; raises :class:`RequestFailed` on a malformed reply."""
+class MalformedReply(RequestFailed):
+    """An HTTP 200 whose body is not a usable chat-completions reply (retried like a transient error)."""
+
+
+def parse_choices(data: object, n: int) -> list[Completion]:
+    """Completions in choice order; raises :class:`MalformedReply` for any reply not shaped as expected
+    (a body that is not an object, a missing or null choice, content that is not a string, ...)."""
+    if not isinstance(data, dict):
+        raise MalformedReply(f"reply body is a {type(data).__name__}, expected a JSON object")
     choices = data.get("choices")
     if not isinstance(choices, list) or len(choices) != n:
-        got = len(choices) if isinstance(choices, list) else choices
-        raise RequestFailed(f"expected {n} choices, got {got}")
-    choices = sorted(choices, key=lambda c: c.get("index", 0))
-    usage = data.get("usage") or {}
+        got = len(choices) if isinstance(choices, list) else f"{type(choices).__name__} {choices!r:.80}"
+        raise MalformedReply(f"expected {n} choices, got {got}")
+    for i, c in enumerate(choices):
+        if not isinstance(c, dict):
+            raise MalformedReply(f"choice {i} is {type(c).__name__} {c!r:.80}, expected an object")
+        if not isinstance(c.get("message"), dict):
+            raise MalformedReply(f"choice {i} has no message object: {c!r:.120}")
+        if not isinstance(c["message"].get("content"), str):
+            content = c["message"].get("content")
+            raise MalformedReply(f"choice {i}: message content is {type(content).__name__}, expected a string")
+    indices = [c.get("index", i) for i, c in enumerate(choices)]
+    if sorted(indices) != list(range(n)) or not all(isinstance(x, int) for x in indices):
+        raise MalformedReply(f"choice indices {indices!r:.80} are not 0..{n - 1}")
+    choices = [c for _, c in sorted(zip(indices, choices), key=lambda pair: pair[0])]
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     out = []
     for c in choices:
-        message = c.get("message") or {}
-        text = message.get("content") or ""
         token_ids = c.get("token_ids")
         if isinstance(token_ids, list):
             tokens = len(token_ids)
@@ -78,12 +94,26 @@ def parse_choices(data: dict, n: int) -> list[Completion]:
             tokens = usage["completion_tokens"]
         else:
             tokens = None
-        out.append(Completion(text=text, completion_tokens=tokens, finish_reason=c.get("finish_reason")))
+        finish = c.get("finish_reason")
+        out.append(
+            Completion(
+                text=c["message"]["content"],
+                completion_tokens=tokens,
+                finish_reason=finish if isinstance(finish, str) else None,
+            )
+        )
     return out
 
 
-async def request_with_retries(client: httpx.AsyncClient, url: str, body: dict, retry: RetryPolicy) -> dict:
-    """POST ``body``; retry transient failures; raise :class:`RequestFailed` with the last reason."""
+async def request_with_retries(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict,
+    retry: RetryPolicy,
+    parse: Callable[[object], list[Completion]] | None = None,
+) -> list[Completion] | dict:
+    """POST ``body``; retry transient failures and malformed replies; raise :class:`RequestFailed` with
+    the last reason. With ``parse``, its result is returned (a reply it rejects counts as a failure)."""
     last = "no attempt made"
     for attempt in range(retry.max_retries + 1):
         if attempt:
@@ -95,9 +125,16 @@ async def request_with_retries(client: httpx.AsyncClient, url: str, body: dict, 
             continue
         if resp.status_code == 200:
             try:
-                return resp.json()
+                data = resp.json()
             except ValueError:
                 last = "HTTP 200 with a body that is not JSON"
+                continue
+            if parse is None:
+                return data
+            try:
+                return parse(data)
+            except MalformedReply as e:
+                last = f"malformed reply: {e}"
                 continue
         last = f"HTTP {resp.status_code}: {resp.text[:300]}"
         if resp.status_code not in RETRYABLE_STATUS:
@@ -138,9 +175,11 @@ async def run_jobs(
                 except asyncio.QueueEmpty:
                     return
                 body = _payload(job, model, sampling)
+                n = len(job.sample_indices)
                 try:
-                    data = await request_with_retries(client, url, body, retry)
-                    completions = parse_choices(data, len(job.sample_indices))
+                    completions = await request_with_retries(
+                        client, url, body, retry, parse=lambda data, n=n: parse_choices(data, n)
+                    )
                 except RequestFailed as e:
                     await on_done(job, None, str(e))
                     continue

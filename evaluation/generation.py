@@ -4,22 +4,49 @@ sampling settings, and a finished completion."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from evaluation.data import Problem
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings, recorded with the results and identical for both backends."""
+    """The whole sampling set, sent with every request and recorded with the results.
+
+    Every field has a neutral default and is always sent: a server fills what a request leaves out from
+    the model's ``generation_config.json`` (Qwen2.5-Instruct: top_k 20, repetition_penalty 1.05), so
+    leaving any out would make the two backends, and two servers, sample differently.
+    """
 
     temperature: float
     top_p: float
     max_tokens: int
     seed: int | None = None
+    top_k: int = -1  # -1: no top-k cut (accepted by every vLLM version; newer ones also take 0)
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings besides the model's end of turn
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["stop"] = list(self.stop)
+        return out
+
+    def request_fields(self) -> dict:
+        """The OpenAI/vLLM request fields (``n`` and ``seed`` are per job)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+        }
 
 
 @dataclass

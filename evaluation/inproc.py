@@ -25,7 +25,9 @@ def cpu_only() -> bool:
 
 def engine_kwargs(model: str, extra: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM``: the user's, plus CPU defaults where no GPU is present."""
-    kwargs: dict[str, Any] = {"model": model}
+    # generation_config="vllm": the engine's defaults never come from the model's generation_config.json
+    # (requests pin every parameter anyway; this keeps both backends configured alike).
+    kwargs: dict[str, Any] = {"model": model, "generation_config": "vllm"}
     if cpu_only():
         # CUDA graphs and torch.compile do not apply on vLLM's CPU backend.
         kwargs["enforce_eager"] = True
@@ -53,13 +55,7 @@ class InProcessEngine:
         if not jobs:
             return
         params = [
-            SamplingParams(
-                n=len(job.sample_indices),
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=job.seed(sampling.seed),
-            )
+            SamplingParams(n=len(job.sample_indices), seed=job.seed(sampling.seed), **sampling.request_fields())
             for job in jobs
         ]
         request_ids = self.llm.enqueue_chat([job.problem.messages for job in jobs], params, use_tqdm=False)

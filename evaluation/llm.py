@@ -10,14 +10,16 @@ vLLM's. Every KEY=VALUE other than the ones below is passed to vLLM as ``--KEY V
 
 Own keys: ``host`` (default 127.0.0.1: the endpoint is not exposed unless asked), ``port`` (8000),
 ``num-replicas`` (default: the cluster's GPUs // tensor-parallel size; one replica without GPUs).
-The served model name is the model folder's basename unless ``served-model-name`` is given.
+The served model name is built from the path (``<experiment>/global_step_N`` for a verl checkpoint's
+``.../global_step_N/huggingface``, else the folder's basename) unless ``served-model-name`` is given.
+The server never takes sampling defaults from the model's ``generation_config.json``
+(``generation-config=vllm`` unless given).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -50,7 +52,10 @@ def vllm_cli_args(args: dict[str, Any]) -> list[str]:
 
 
 def served_name(model: str) -> str:
-    return Path(model.rstrip("/")).name
+    """``.../<experiment>/global_step_N/huggingface`` -> ``<experiment>/global_step_N``, else the basename."""
+    from evaluation.identity import model_label
+
+    return model_label(model)
 
 
 class _ShutdownFlag:
@@ -115,6 +120,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         raise ValueError("build_app needs model=PATH (a Hugging Face model folder or hub id)")
     model = str(args["model"])
     args.setdefault("served-model-name", served_name(model))
+    # Sampling defaults must not come from the model's generation_config.json (vLLM's default "auto"
+    # would add e.g. top_k 20 and repetition_penalty 1.05 for Qwen2.5-Instruct to every request that
+    # leaves them out); the evaluation client pins every parameter as well.
+    args.setdefault("generation-config", "vllm")
     tp = int(args.get("tensor-parallel-size", 1))
     gpus = _gpus_in_cluster()
     replicas = int(args["num-replicas"]) if "num-replicas" in args else max(1, gpus // tp)

@@ -86,25 +86,40 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(var / len(values))
 
 
+# How the headline average treats samples that were never graded (requests that kept failing, or a
+# run stopped early); written into every summary so a number is never read without it.
+FAILED_COUNTING = (
+    "avg@n counts every sample that failed or is missing as incorrect (each problem's accuracy is "
+    "correct / n), so failures never inflate it; avg@n_graded_only averages graded samples only; "
+    "pass@k and maj@n use graded samples only"
+)
+
+
 def summarize(problems: Iterable[dict], n: int) -> dict:
     """Metrics over problems, each ``{"correct": [bool, ...], "answers": [...], "finish": [...],
-    "boxed": [...], "errors": int}`` holding its graded samples (errored samples are not in the lists).
+    "boxed": [...], "errors": int, "missing": int}`` holding its graded samples (errored and missing
+    samples are not in the lists, only counted).
 
-    A problem with fewer than n graded samples (errors) contributes to pass@k only for k <= its count;
-    ``problems_short`` says how many were short, so a partial run is never mistaken for a full one.
+    ``avg@n`` counts failed and missing samples as incorrect (see :data:`FAILED_COUNTING`); a problem with
+    fewer than n graded samples contributes to pass@k only for k <= its count. ``problems_failed`` says
+    how many problems have any failed or missing sample, so a partial run is never mistaken for a full one.
     """
     problems = list(problems)
     graded = [p for p in problems if p["correct"]]
-    per_problem_acc = [avg_at_k(p["correct"]) for p in graded]
-    avg, se = mean_and_stderr(per_problem_acc)
+    strict = [sum(bool(x) for x in p["correct"]) / n for p in problems]
+    avg, se = mean_and_stderr(strict)
+    graded_avg, graded_se = mean_and_stderr([avg_at_k(p["correct"]) for p in graded])
     out: dict = {
         "problems": len(problems),
         "problems_graded": len(graded),
         "problems_short": sum(1 for p in problems if len(p["correct"]) < n),
+        "problems_failed": sum(1 for p in problems if p.get("errors", 0) + p.get("missing", 0) > 0),
         "samples_graded": sum(len(p["correct"]) for p in problems),
         "samples_errored": sum(p.get("errors", 0) for p in problems),
         f"avg@{n}": avg,
         f"avg@{n}_stderr": se,
+        f"avg@{n}_graded_only": graded_avg,
+        f"avg@{n}_graded_only_stderr": graded_se,
         "pass@k": {},
         f"maj@{n}": None,
     }

@@ -2,24 +2,45 @@
 per sample, appended and fsynced per finished problem, so a crash or Ctrl-C keeps finished work).
 
 A rerun reads the rows back and generates only missing (problem_id, sample_index) pairs. It refuses a
-folder written with another model, other sampling settings or another test file: mixing them would
-make a number that belongs to no configuration.
+folder written with another model (weights included), other sampling settings, another grader or another
+test file: mixing them would make a number that belongs to no configuration.
+
+One process writes a folder at a time: ``.lock`` is held with ``flock`` (released by the kernel when the
+holder dies, so a crash never leaves a stale lock) and names its holder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 
 
 class RunMismatch(RuntimeError):
     """The output folder belongs to a run with different settings."""
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this output folder."""
+
+
+class CorruptSamples(RuntimeError):
+    """samples.jsonl has a line that is not a sample row somewhere before its last line."""
+
+
+def _fingerprint_text(fp: dict[str, Any]) -> str:
+    return "\n".join(f"    {k}: {fp[k]!r}" for k in sorted(fp))
 
 
 def sample_key(problem_id: Any, sample_index: int) -> tuple[str, int]:
@@ -34,6 +55,55 @@ class RunStore:
         self.dir = Path(out_dir)
         self.fingerprint = fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._append_lock = threading.Lock()
+        self._lock_fd = self._acquire_lock()
+        try:
+            self._check_or_write_run(fingerprint, info)
+            self.samples_path = self.dir / SAMPLES_FILE
+            self._repair_tail()
+        except BaseException:
+            self.close()
+            raise
+
+    def _acquire_lock(self) -> int:
+        path = self.dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            os.close(fd)
+            raise RunLocked(
+                f"{self.dir} is being written by another evaluation ({holder}). Wait for it to finish, stop it, "
+                "or use another --output folder."
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv)[:500],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return fd
+
+    def close(self) -> None:
+        """Release the folder's lock (also released by the kernel when the process ends)."""
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_or_write_run(self, fingerprint: dict[str, Any], info: dict[str, Any] | None) -> None:
         run_path = self.dir / RUN_FILE
         if run_path.exists():
             old = json.loads(run_path.read_text()).get("fingerprint", {})
@@ -46,14 +116,14 @@ class RunStore:
                 lines = "\n".join(f"  {k}: was {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
                 raise RunMismatch(
                     f"{self.dir} holds a run with different settings:\n{lines}\n"
+                    f"  fingerprint in {run_path}:\n{_fingerprint_text(old)}\n"
+                    f"  fingerprint of this run:\n{_fingerprint_text(fingerprint)}\n"
                     "Use another --output folder (or delete this one) to start a new run."
                 )
         else:
             tmp = run_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2) + "\n")
             os.replace(tmp, run_path)
-        self.samples_path = self.dir / SAMPLES_FILE
-        self._repair_tail()
 
     def _repair_tail(self) -> None:
         """Drop a half-written last line (a crash mid-write) so appends stay one JSON object per line."""
@@ -65,15 +135,35 @@ class RunStore:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def rows(self) -> list[dict[str, Any]]:
-        """All rows ever written, in order (errored attempts included)."""
+        """All rows ever written, in order (errored attempts included).
+
+        Only the last line can be half-written by a crash (and is dropped on open); a bad line before it
+        means the file was edited or damaged, and is reported with its number and the way to repair it.
+        """
         if not self.samples_path.exists():
             return []
         out = []
-        with open(self.samples_path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    out.append(json.loads(line))
+        with open(self.samples_path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise self._corrupt(lineno, line, f"not valid JSON ({e})") from None
+                if not isinstance(row, dict) or "problem_id" not in row or "sample_index" not in row:
+                    raise self._corrupt(lineno, line, "not a sample row (needs problem_id and sample_index)")
+                out.append(row)
         return out
+
+    def _corrupt(self, lineno: int, line: str, why: str) -> CorruptSamples:
+        path = self.samples_path
+        return CorruptSamples(
+            f"{path}:{lineno}: {why}: {line.strip()[:120]!r}\n"
+            f"Only a crash's half-written last line is repaired automatically. To keep every other sample, "
+            f"delete line {lineno} (e.g. `sed -i '{lineno}d' {path}`) and rerun the same command: the samples "
+            "of that line are generated again."
+        )
 
     def latest(self) -> dict[tuple[str, int], dict[str, Any]]:
         """The row that counts per (problem, sample): a successful one if any, else the last error."""
@@ -94,7 +184,8 @@ class RunStore:
         if not rows:
             return
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        with open(self.samples_path, "a", encoding="utf-8") as f:
+        # One writer thread at a time: buffered writes of long rows could otherwise interleave.
+        with self._append_lock, open(self.samples_path, "a", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

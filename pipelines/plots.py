@@ -4,9 +4,15 @@
     python scripts/plot_runs.py --run SFT=sft.jsonl --run PSFT=psft.jsonl \\
         --accuracy SFT=eval/sft --accuracy PSFT=eval/psft --out figures/
 
+    # accuracy over training (from `python -m evaluation.steps`), SFT against PSFT, stderr bars:
+    python scripts/plot_runs.py --accuracy-log SFT=logs/sft.eval.jsonl --accuracy-log PSFT=logs/psft.eval.jsonl \
+        --out figures/
+
 Each log line is verl's `{"step": N, "data": {...}}` (trainer.logger=[...,file], path from
 VERL_FILE_LOGGER_PATH). `--accuracy LABEL=DIR` reads evaluation summaries: DIR/*/summary.json or
-DIR/summary.json as written by `python -m evaluation.eval --output DIR`.
+DIR/summary.json as written by `python -m evaluation.eval --output DIR`. `--accuracy-log LABEL=FILE`
+reads the accuracy-per-step log of `python -m evaluation.steps` (same line format, keys
+`eval/<source>/avg@n` and `..._stderr`) and draws accuracy against step, one panel per data source.
 Writes one PNG per figure and prints the paths.
 """
 
@@ -125,14 +131,73 @@ def plot_accuracy(accuracy: dict[str, dict[str, float]], out: Path) -> Path:
     return path
 
 
+def read_accuracy_log(path: str | Path) -> dict[str, list[tuple[int, float, float]]]:
+    """data source -> [(step, avg@n, stderr)] from an evaluation.steps log."""
+    series = read_log(path)
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for key, points in series.items():
+        # eval/<source>/avg@n, where the source name may itself hold slashes (reasoning_gym/gsm_symbolic)
+        source, _, metric = key.removeprefix("eval/").rpartition("/")
+        if not key.startswith("eval/") or not source or not metric.startswith("avg@") or metric.endswith("_stderr"):
+            continue
+        errors = dict(series.get(key + "_stderr", []))
+        out[source] = [(step, value, errors.get(step, 0.0)) for step, value in points]
+    if not out:
+        raise SystemExit(f"{path}: no eval/<source>/avg@n values (is it an evaluation.steps log?)")
+    return out
+
+
+def plot_accuracy_over_steps(runs: dict[str, dict[str, list[tuple[int, float, float]]]], out: Path) -> Path:
+    """Accuracy against step with standard-error bars: one panel per data source, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = sorted({s for series in runs.values() for s in series}, key=lambda s: (s != "all", s))
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.4), squeeze=False)
+    for ax, source in zip(axes[0], sources):
+        for index, (label, series) in enumerate(runs.items()):
+            if source not in series:
+                continue
+            steps, values, errors = zip(*series[source])
+            ax.errorbar(
+                steps,
+                [100 * v for v in values],
+                yerr=[100 * e for e in errors],
+                color=f"C{index}",
+                marker="o",
+                markersize=3,
+                capsize=3,
+                label=label,
+            )
+        ax.set_title("all test problems" if source == "all" else source)
+        ax.set_xlabel("global step")
+        ax.set_ylabel("accuracy (%, ± s.e.)")
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 5))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "accuracy_over_steps.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], help="LABEL=path/to/log.jsonl (repeatable)")
     parser.add_argument("--accuracy", action="append", default=[], help="LABEL=eval output dir (repeatable)")
+    parser.add_argument(
+        "--accuracy-log",
+        action="append",
+        default=[],
+        help="LABEL=accuracy log of `python -m evaluation.steps` (repeatable): accuracy against step",
+    )
     parser.add_argument("--out", required=True, help="folder for the PNGs")
     args = parser.parse_args(argv)
-    if not args.run and not args.accuracy:
-        parser.error("give at least one --run or --accuracy")
+    if not args.run and not args.accuracy and not args.accuracy_log:
+        parser.error("give at least one --run, --accuracy or --accuracy-log")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {label: read_log(path) for label, path in parse_pairs(args.run, "run")}
@@ -140,6 +205,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.accuracy:
         accuracy = {label: read_accuracy(path) for label, path in parse_pairs(args.accuracy, "accuracy")}
         written.append(plot_accuracy(accuracy, out))
+    if args.accuracy_log:
+        logs = {label: read_accuracy_log(path) for label, path in parse_pairs(args.accuracy_log, "accuracy-log")}
+        written.append(plot_accuracy_over_steps(logs, out))
     for path in written:
         print(path)
     return written

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prepare import control, hub, stats
+from prepare.overlap import Overlap
 from prepare.records import Report, format_problems
 from prepare.write import content_hash, write_parquet
 
@@ -39,6 +40,7 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """The options that decide the content, for the card (paths as given, so the card is reproducible)."""
     keep = ["source", "seed", "test_size", "max_samples", "skip_invalid", "benchmarks", "system_prompt"]
+    keep += ["decontaminate"]
     if args.source == "local":
         keep += ["input", "test_input", "prompt_key", "response_key", "answer_key", "messages_key", "data_source"]
     if args.source == "builtin":
@@ -54,6 +56,7 @@ def write_outputs(
     report: Report,
     token_stats: dict[str, Any],
     control_strings: dict[str, Any],
+    overlap: Overlap | None = None,
 ) -> dict[str, Any]:
     """Write the parquet files and the card; note parquet files from earlier runs left beside them."""
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -77,8 +80,10 @@ def write_outputs(
     }
     if args.source in ("openr1", "benchmarks") or args.benchmark_list:
         card["hub_datasets"] = ([hub.OPENR1_REPO] if args.source == "openr1" else []) + [
-            f"{hub.BENCHMARKS[n].repo} ({hub.BENCHMARKS[n].split})" for n in args.benchmark_list
+            hub.BENCHMARKS[n].source for n in args.benchmark_list
         ]
+    if overlap is not None and overlap.sizes:
+        card["overlap_with_training"] = overlap.card()
     if token_stats:
         card["token_stats"] = token_stats
     if stale:

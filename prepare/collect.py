@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from prepare import builtin, hub, local
 from prepare.holdout import hold_out
+from prepare.overlap import Overlap
 from prepare.records import SYSTEM_PROMPT, Example, Report, check_all, dedupe, messages_of, prompt_key, to_row
 from recipe.psft.rows import DataError
 
@@ -75,14 +76,18 @@ def collect(args: argparse.Namespace, report: Report) -> dict[str, Part]:
     for name in args.benchmark_list:  # graded by \boxed{} extraction: always the paper's prompt by default
         bench = hub.BENCHMARKS[name]
         rows = hub.load_hub_rows(bench.repo, bench.split, bench.config)
-        hub.check_layout(rows, bench.repo, [bench.problem_keys, bench.answer_keys])
+        hub.check_layout(rows, bench.repo, bench.required_columns())
         examples = [hub.benchmark_example(bench, r, i + 1) for i, r in enumerate(rows)]
         files[f"test_{name}"] = Part("test", examples, paper_prompt)
     return files
 
 
-def finalize(files: dict[str, Part], skip_invalid: bool, report: Report) -> dict[str, list[dict[str, Any]]]:
-    """Validate, de-duplicate (within each file; test files also against training) and format every row."""
+def finalize(
+    files: dict[str, Part], skip_invalid: bool, report: Report, overlap: Overlap | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Validate, de-duplicate within each file, report test rows that repeat a training prompt (dropped
+    only with --decontaminate) and format every row."""
+    overlap = overlap if overlap is not None else Overlap()
     out: dict[str, list[dict[str, Any]]] = {}
     train_seen: dict[str, Example] = {}
     for name in sorted(files, key=lambda n: (n != "train", n)):  # training first: tests dedupe against it
@@ -92,7 +97,7 @@ def finalize(files: dict[str, Part], skip_invalid: bool, report: Report) -> dict
         good = check_all(part.examples, part.kind, skip_invalid, report)
         pairs = dedupe([(e, messages_of(e, part.system_prompt)) for e in good], report)
         if part.kind == "test" and train_seen:
-            pairs = dedupe(pairs, report, seen=train_seen, against="training set")
+            pairs = overlap.check(name, pairs, train_seen)
         if name == "train":
             train_seen = {prompt_key(m): e for e, m in pairs}
         if not pairs:

@@ -31,7 +31,12 @@ PROBE_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A Hub test set: where it lives and which columns hold the problem and the answer."""
+    """A Hub test set: where it lives, which columns hold the problem and the answer, and how it is graded.
+
+    ``kind`` is "math" (a free-form answer, graded by math-verify) or "choice" (multiple choice: the prompt
+    lists lettered options and the gold is the letter). ``domain`` is "in" (math, the training domain) or
+    "out" (out-of-domain generalisation). ``problems`` is the size of the published set (documentation).
+    """
 
     name: str
     repo: str
@@ -39,20 +44,72 @@ class Benchmark:
     problem_keys: tuple[str, ...]
     answer_keys: tuple[str, ...] = ("answer",)
     config: str | None = None
+    kind: str = "math"
+    domain: str = "in"
+    problems: int = 0
+    extra_keys: tuple[str, ...] = ()  # further columns the conversion needs (e.g. the wrong options)
+
+    @property
+    def source(self) -> str:
+        return f"{self.repo}" + (f" [{self.config}]" if self.config else "") + f" ({self.split})"
+
+    def required_columns(self) -> list[tuple[str, ...]]:
+        return [self.problem_keys, self.answer_keys] + [(k,) for k in self.extra_keys]
 
 
-# One row per problem; evaluation samples n completions per problem itself. Ids chosen for being the
-# widely used copies with a plain problem/answer layout (checked against their dataset cards).
+GPQA_WRONG = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+# One row per problem; evaluation samples n completions per problem itself. Ids chosen for being the copies
+# the PSFT paper's tables refer to, with their column layouts checked against the dataset cards.
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("aime24", "HuggingFaceH4/aime_2024", "train", ("problem",)),  # 30 problems
-        Benchmark("aime25", "math-ai/aime25", "test", ("problem",)),  # 30 problems
-        Benchmark("amc", "AI-MO/aimo-validation-amc", "train", ("problem",)),  # 83 problems (AMC 2022-23)
-        Benchmark("math500", "HuggingFaceH4/MATH-500", "test", ("problem",)),  # 500 problems
-        Benchmark("minerva", "math-ai/minervamath", "test", ("question", "problem")),  # 272 problems
+        # in-domain (math)
+        Benchmark("aime24", "HuggingFaceH4/aime_2024", "train", ("problem",), problems=30),
+        Benchmark("aime25", "math-ai/aime25", "test", ("problem",), problems=30),
+        # AMC 2023, the 40 problems the original evaluated (AI-MO/aimo-validation-amc has 83, AMC 2022-23).
+        Benchmark("amc23", "math-ai/amc23", "test", ("question", "problem"), problems=40),
+        Benchmark("math500", "HuggingFaceH4/MATH-500", "test", ("problem",), problems=500),
+        Benchmark("minerva", "math-ai/minervamath", "test", ("question", "problem"), problems=272),
+        # OlympiadBench's English, text-only, open-ended maths competition subset: 675 problems.
+        Benchmark(
+            "olympiadbench",
+            "Hothan/OlympiadBench",
+            "train",
+            ("question",),
+            ("final_answer",),
+            config="OE_TO_maths_en_COMP",
+            problems=675,
+        ),
+        # out-of-domain (multiple choice)
+        Benchmark(
+            "gpqa_diamond",
+            "Idavidrein/gpqa",
+            "train",
+            ("Question",),
+            ("Correct Answer",),
+            config="gpqa_diamond",
+            kind="choice",
+            domain="out",
+            problems=198,
+            extra_keys=GPQA_WRONG,
+        ),
+        Benchmark(
+            "mmlu_pro",
+            "TIGER-Lab/MMLU-Pro",
+            "test",
+            ("question",),
+            ("answer",),
+            kind="choice",
+            domain="out",
+            problems=12032,
+            extra_keys=("options",),
+        ),
     )
 }
+IN_DOMAIN = tuple(b.name for b in BENCHMARKS.values() if b.domain == "in")
+OUT_OF_DOMAIN = tuple(b.name for b in BENCHMARKS.values() if b.domain == "out")
+LETTERS = "ABCDEFGHIJ"
+CHOICE_INSTRUCTION = "Answer with the letter of the correct option ({first}-{last})."
 
 
 def hub_endpoint() -> str:
@@ -159,16 +216,84 @@ def check_layout(rows: list[dict[str, Any]], origin: str, alternatives: list[tup
         raise DataError(f"{origin}: column(s) {missing} not found; columns present: {columns}")
 
 
+def choice_prompt(question: str, options: list[str]) -> str:
+    """The question, its options as "A) ...", one per line, and what to answer with."""
+    lines = [f"{LETTERS[i]}) {str(o).strip()}" for i, o in enumerate(options)]
+    instruction = CHOICE_INSTRUCTION.format(first=LETTERS[0], last=LETTERS[len(options) - 1])
+    return f"{question.strip()}\n\n" + "\n".join(lines) + f"\n\n{instruction}"
+
+
+def shuffled_options(correct: str, wrong: list[str], key: str) -> tuple[list[str], str]:
+    """(options, gold letter) with the correct option placed by a shuffle seeded by ``key`` (the question
+    text), so every build, in any row order and with any --seed, gives the same file."""
+    import hashlib
+    import random
+
+    options = [correct] + list(wrong)
+    order = list(range(len(options)))
+    random.Random(hashlib.sha256(key.encode("utf-8")).hexdigest()).shuffle(order)
+    return [options[i] for i in order], LETTERS[order.index(0)]
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _gpqa(bench: Benchmark, row: dict[str, Any], number: int) -> Example:
+    """GPQA stores the correct answer first in its own column: the options are shuffled reproducibly."""
+    question = _text(row.get("Question"))
+    correct = _text(row.get("Correct Answer"))
+    wrong = [_text(row.get(k)) for k in GPQA_WRONG]
+    keys = {"prompt": "Question", "answer": "Correct Answer"}
+    for key, value in (("Question", question), ("Correct Answer", correct), *zip(GPQA_WRONG, wrong)):
+        if value is None:
+            # Validation reports the row as unusable under the Hub's own column name.
+            return Example(bench.repo, number, None, None, None, bench.name, keys={"prompt": key, "answer": key})
+    options, letter = shuffled_options(correct, wrong, question)
+    return Example(bench.repo, number, choice_prompt(question, options), None, letter, bench.name, keys=keys)
+
+
+def _mmlu_pro(bench: Benchmark, row: dict[str, Any], number: int) -> Example:
+    """MMLU-Pro's options come in the published order (its authors already placed the answer at random);
+    it is kept, so results compare with every published MMLU-Pro number."""
+    keys = {"prompt": "question", "answer": "answer"}
+    question = _text(row.get("question"))
+    options = row.get("options")
+    if hasattr(options, "tolist"):
+        options = options.tolist()
+    answer = _text(row.get("answer"))
+    if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS):
+        keys["prompt"] = "options"
+        return Example(bench.repo, number, None, None, answer, bench.name, keys=keys)
+    if answer is None or answer not in LETTERS[: len(options)]:
+        return Example(bench.repo, number, question, None, None, bench.name, keys=keys)
+    index = row.get("answer_index")
+    if isinstance(index, int) and LETTERS[index] != answer:
+        raise DataError(f"{bench.repo}: row {number}: 'answer' {answer!r} disagrees with 'answer_index' {index}")
+    prompt = choice_prompt(question, options) if question else None
+    return Example(bench.repo, number, prompt, None, answer, bench.name, keys=keys)
+
+
 def benchmark_example(bench: Benchmark, row: dict[str, Any], number: int) -> Example:
     """One benchmark row -> a test Example (no demonstration; the answer becomes the grader's gold)."""
+    if bench.name == "gpqa_diamond":
+        return _gpqa(bench, row, number)
+    if bench.name == "mmlu_pro":
+        return _mmlu_pro(bench, row, number)
     problem_key = next((k for k in bench.problem_keys if k in row), bench.problem_keys[0])
     answer_key = next((k for k in bench.answer_keys if k in row), bench.answer_keys[0])
+    answer = row.get(answer_key)
+    if hasattr(answer, "tolist"):
+        answer = answer.tolist()
+    if isinstance(answer, list) and len(answer) > 1 and all(isinstance(a, str) for a in answer):
+        # OlympiadBench lists each part of a multi-part answer: the gold is the comma-separated tuple.
+        answer = ", ".join(a.strip().strip("$").strip() for a in answer)
     return Example(
         f"{bench.repo}",
         number,
         row.get(problem_key),
         None,
-        row.get(answer_key),
+        answer,
         bench.name,
         keys={"prompt": problem_key, "answer": answer_key},
     )

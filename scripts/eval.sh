@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Evaluate a checkpoint on the paper's benchmarks: vLLM behind Ray Serve, then the client, at the
-# paper's sampling (temperature 0.7, top-p 0.95, 10,240 new tokens; Avg@32 on AIME-24/25 and AMC,
-# Avg@8 on MATH-500 and Minerva).
+# Evaluate a checkpoint on the paper's whole benchmark suite: vLLM behind Ray Serve, then the client, at
+# the paper's sampling (temperature 0.7, top-p 0.95, 10,240 new tokens; every other sampling parameter
+# neutral and pinned in each request). In-domain: AIME-24/25 and AMC-23 at Avg@32, MATH-500, Minerva and
+# OlympiadBench at Avg@8; out-of-domain: GPQA-Diamond at Avg@8 and MMLU-Pro at Avg@1 (multiple choice).
+# Ends with the paper-style table (python -m evaluation.report) with in-domain and out-of-domain averages.
 #
 #   bash scripts/eval.sh MODEL_DIR [--dry-run]
 #   DATA_DIR=~/data/benchmarks (test_<name>.parquet from `prepare_data.py --source benchmarks`)
-#   OUT_DIR=outputs/eval/<model>  TP=1 (tensor parallel)  PORT=8000  BENCHMARKS="aime24 aime25 amc math500 minerva"
+#   OUT_DIR=outputs/eval/<experiment>/global_step_N (from MODEL_DIR; its basename for other folders)
+#   TP=1 (tensor parallel)  PORT=8000  RETRIES=2 (reruns of an incomplete benchmark)
+#   BENCHMARKS="aime24 aime25 amc23 math500 minerva olympiadbench gpqa_diamond mmlu_pro"
 # Results: OUT_DIR/<benchmark>/summary.json; rerunning continues unfinished benchmarks.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,25 +24,31 @@ done
 PYTHON="${PYTHON:-python3}"
 SERVE="${SERVE:-$(command -v serve || echo "$ROOT/.venv/bin/serve")}"
 DATA_DIR="${DATA_DIR:-$HOME/data/benchmarks}"
-name="$(basename "$model")"
+# A verl checkpoint is .../<experiment>/global_step_N/huggingface: its basename names nothing, so the
+# results folder and the served name come from the path (the same rule as evaluation.identity).
+name="$(cd "$ROOT" && PYTHONPATH="$ROOT" "$PYTHON" -c 'import sys; from evaluation.identity import model_label; print(model_label(sys.argv[1]))' "$model")"
 OUT_DIR="${OUT_DIR:-$ROOT/outputs/eval/$name}"
 TP="${TP:-1}"
 PORT="${PORT:-8000}"
-BENCHMARKS="${BENCHMARKS:-aime24 aime25 amc math500 minerva}"
+RETRIES="${RETRIES:-2}"
+BENCHMARKS="${BENCHMARKS:-aime24 aime25 amc23 math500 minerva olympiadbench gpqa_diamond mmlu_pro}"
 
 samples_for() {
     case "$1" in
-        aime24 | aime25 | amc) echo 32 ;;
+        aime24 | aime25 | amc23) echo 32 ;;
+        mmlu_pro) echo 1 ;;
         *) echo 8 ;;
     esac
 }
 
-serve_cmd=("$SERVE" run evaluation.llm:build_app "model=$model" "tensor-parallel-size=$TP" "port=$PORT")
+serve_cmd=("$SERVE" run evaluation.llm:build_app "model=$model" "tensor-parallel-size=$TP" "port=$PORT"
+    "served-model-name=$name")
 eval_cmd() {  # sets `cmd` to the client command for benchmark $1
-    cmd=("$PYTHON" -m evaluation.eval --model "$name" --test_file "$DATA_DIR/test_$1.parquet"
+    cmd=("$PYTHON" -m evaluation.eval --model "$name" --model-path "$model" --test_file "$DATA_DIR/test_$1.parquet"
         --n "$(samples_for "$1")" --temperature 0.7 --top_p 0.95 --max_tokens 10240
         --base-url "http://127.0.0.1:$PORT" --concurrency 64 --output "$OUT_DIR/$1")
 }
+report_cmd=("$PYTHON" -m evaluation.report "$OUT_DIR")
 
 if [[ "$dry_run" == 1 ]]; then
     printf '%q ' "${serve_cmd[@]}"
@@ -48,6 +58,8 @@ if [[ "$dry_run" == 1 ]]; then
         printf '%q ' "${cmd[@]}"
         printf '\n'
     done
+    printf '%q ' "${report_cmd[@]}"
+    printf '\n'
     exit 0
 fi
 
@@ -71,7 +83,16 @@ done
 status=0
 for bench in $BENCHMARKS; do
     eval_cmd "$bench"
-    echo "+ ${cmd[*]}"
-    "${cmd[@]}" || status=$?
+    # Exit 3 = some samples failed (recorded as errors): the same command retries exactly those.
+    for attempt in $(seq 0 "$RETRIES"); do
+        echo "+ ${cmd[*]}"
+        code=0
+        "${cmd[@]}" || code=$?
+        [[ "$code" == 3 && "$attempt" -lt "$RETRIES" ]] || break
+        echo "$bench incomplete (exit 3): rerunning to retry the failed samples"
+    done
+    [[ "$code" == 0 ]] || status=$code
+    [[ "$code" == 130 ]] && exit 130
 done
+"${report_cmd[@]}" | tee "$OUT_DIR/table.txt"
 exit "$status"

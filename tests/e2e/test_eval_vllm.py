@@ -1,7 +1,11 @@
 """Real vLLM generation with a tiny random model: in-process (``--backend vllm``) with resume after an
-interrupted run, and through the Ray Serve app started with ``serve run`` and the eval client.
+interrupted run, through the Ray Serve app started with ``serve run`` and the eval client, and every
+checkpoint of a run with ``evaluation.steps``.
 
-The model's text is random; the tests check structure, counts, token accounting and resume.
+The model's text is random; the tests check structure, counts, token accounting and resume. Its
+generation_config.json sets ``top_k: 1`` (greedy): a backend that let the model's generation config fill
+a sampling parameter would return identical samples, so distinct samples at temperature 1 show that the
+pinned sampling set is what both backends use.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("eval_vllm")
     model = build_tiny_model(root / "tiny")  # hidden 64, 2 heads: head_dim 32
+    gen_config = json.loads((model / "generation_config.json").read_text())
+    gen_config.update(top_k=1, do_sample=True)  # what a server with generation_config="auto" would apply
+    (model / "generation_config.json").write_text(json.dumps(gen_config))
     test_file = root / "test.jsonl"
     with open(test_file, "w") as f:
         for i, q in enumerate(QUESTIONS):
@@ -59,6 +66,15 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _check_distinct(rows: list[dict]) -> None:
+    """At temperature 1 a random model's samples differ; under the model's top_k: 1 they would not."""
+    by_problem: dict[int, set[str]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem_id"], set()).add(r["response"])
+    share = sum(len(v) for v in by_problem.values()) / (N * len(by_problem))
+    assert all(len(v) >= 2 for v in by_problem.values()) and share > 0.8, by_problem
+
+
 def _check_rows(rows: list[dict]) -> None:
     assert sorted((r["problem_id"], r["sample_index"]) for r in rows) == [
         (p, i) for p in range(len(QUESTIONS)) for i in range(N)
@@ -74,6 +90,7 @@ def _check_rows(rows: list[dict]) -> None:
 def _eval_cmd(model: str, test_file: Path, out: Path, *extra: str) -> list[str]:
     cmd = [sys.executable, "-m", "evaluation.eval", "--model", model, "--test_file", str(test_file)]
     cmd += ["--n", str(N), "--max_tokens", str(MAX_TOKENS), "--output", str(out), "--no-progress"]
+    cmd += ["--temperature", "1", "--top_p", "1"]
     return cmd + list(extra)
 
 
@@ -85,8 +102,11 @@ def test_in_process_vllm_and_resume(assets: dict[str, Path]):
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(out)
     _check_rows(rows)
+    _check_distinct(rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["n"] == N
+    assert summary["sampling"]["top_k"] == -1 and summary["sampling"]["temperature"] == 1.0
+    assert len(summary["weights_sha256"]) == 64
     assert set(summary["overall"]["pass@k"]) == {"1", "2", "3"}
     assert summary["overall"]["completion_tokens_total"] == sum(r["completion_tokens"] for r in rows)
     share = sum(r["finish_reason"] == "length" for r in rows) / len(rows)
@@ -152,6 +172,13 @@ def test_serve_app_is_openai_compatible_and_local(serve_app: str, assets: dict[s
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 8}
     reply = httpx.post(serve_app + "/v1/chat/completions", json=body, timeout=60).json()
     assert len(reply["choices"]) == 2 and reply["usage"]["completion_tokens"] <= 16
+    # A request that leaves top_k out: the server must not fill it from generation_config.json (top_k 1).
+    body.update(n=4, temperature=1.0, max_tokens=12)
+    texts = [
+        c["message"]["content"]
+        for c in httpx.post(serve_app + "/v1/chat/completions", json=body, timeout=60).json()["choices"]
+    ]
+    assert len(set(texts)) >= 3, texts
     port = int(serve_app.rsplit(":", 1)[1])
     listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
     if listening.strip():  # bound to loopback only
@@ -165,9 +192,37 @@ def test_client_through_serve(serve_app: str, assets: dict[str, Path]):
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(out)
     _check_rows(rows)
+    _check_distinct(rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["backend"] == "serve" and summary["model"] == "tiny"
+    assert len(summary["weights_sha256"]) == 64  # from the path the server reports in /v1/models
     # Rerun: everything is reused, no request is needed.
     res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "0 to generate" in res.stderr
     assert _rows(out) == rows
+
+
+def test_accuracy_over_training_every_checkpoint(assets: dict[str, Path]):
+    """evaluation.steps on a run with two checkpoints: both evaluated, accuracy per step beside the run's
+    log; a rerun starts no engine."""
+    import shutil
+
+    ckpt = assets["root"] / "run_ckpt"
+    for step in (1, 2):
+        shutil.copytree(assets["model"], ckpt / f"global_step_{step}" / "huggingface")
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
+    log = assets["root"] / "logs" / "psft.jsonl"
+    cmd = [sys.executable, "-m", "evaluation.steps", str(ckpt), "--test_file", str(assets["test_file"])]
+    cmd += ["--train-log", str(log), "--n", "1", "--max_tokens", "8", "--engine-arg", "dtype=float32"]
+    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in log.with_name("psft.eval.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    assert {"eval/all/avg@1", "eval/all/avg@1_stderr", "eval/toy/avg@1"} <= set(lines[0]["data"])
+    for step in (1, 2):
+        summary = json.loads((ckpt / "eval" / "test" / f"global_step_{step}" / "summary.json").read_text())
+        assert summary["complete"] and summary["model"].endswith(f"global_step_{step}/huggingface")
+    started = time.monotonic()
+    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "evaluation.eval" not in res.stderr  # nothing started again
+    assert time.monotonic() - started < 30

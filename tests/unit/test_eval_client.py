@@ -4,6 +4,7 @@ refusal to mix runs, Ctrl-C, and bad input rejected before any work."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ class FakeOpenAI:
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
-        self.script: list[int | str] = []  # consumed per request: an HTTP status, or "hang"
+        # consumed per request: an HTTP status, "hang", or "raw:<body>" (a 200 with that exact body)
+        self.script: list[int | str] = []
+        self.answer_text = "Thinking... \\boxed{{{answer}}}"  # even sample slots; odd ones give up
         self.default: int | str = 200
         self.lock = threading.Lock()
         owner = self
@@ -45,6 +48,14 @@ class FakeOpenAI:
                 if action == "hang":
                     time.sleep(30)
                     return
+                if isinstance(action, str) and action.startswith("raw:"):
+                    data = action[4:].encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if action != 200:
                     self.send_response(int(action))
                     self.end_headers()
@@ -54,7 +65,7 @@ class FakeOpenAI:
                 answer = dict(PROBLEMS)[question]
                 choices = []
                 for i in range(body["n"]):
-                    text = f"Thinking... \\boxed{{{answer}}}" if i % 2 == 0 else "I give up"
+                    text = owner.answer_text.format(answer=answer) if i % 2 == 0 else "I give up"
                     choices.append(
                         {
                             "index": i,
@@ -122,6 +133,11 @@ def test_full_run_outputs_and_summary(tmp_path: Path, server: FakeOpenAI):
     assert {r["problem_id"] for r in got} == {10, 11, 12}
     assert all(r["n"] == 4 and r["temperature"] == 0.7 and r["top_p"] == 0.95 for r in server.requests)
     assert all(r["max_tokens"] == 16 for r in server.requests)
+    # The whole sampling set is pinned in every request (neutral values unless set), so a server never
+    # fills any parameter from the model's generation_config.json.
+    neutral = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0}
+    neutral.update(frequency_penalty=0.0, stop=[])
+    assert all({k: r[k] for k in neutral} == neutral for r in server.requests)
     first = [r for r in got if r["problem_id"] == 10 and r["sample_index"] == 0][0]
     assert first["correct"] is True and first["extracted_answer"] == "2" and first["boxed"] is True
     assert first["completion_tokens"] == 3 and first["finish_reason"] == "stop"
@@ -133,7 +149,19 @@ def test_full_run_outputs_and_summary(tmp_path: Path, server: FakeOpenAI):
     assert o["truncated_share"] == pytest.approx(0.5) and o["boxed_share"] == pytest.approx(0.5)
     assert set(summary["by_data_source"]) == {"toy", "mc"}
     assert summary["by_data_source"]["toy"]["problems"] == 2
-    assert summary["sampling"] == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 16, "seed": None}
+    assert summary["sampling"] == {
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "max_tokens": 16,
+        "seed": None,
+        "top_k": -1,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "stop": [],
+    }
+    assert "incorrect" in summary["failed_counting"] and summary["grader_version"]
     assert len(summary["test_file_sha256"]) == 64
 
 
@@ -220,32 +248,234 @@ def test_refuses_to_mix_settings(tmp_path: Path, server: FakeOpenAI, capsys: pyt
     assert "test_file_sha256" in capsys.readouterr().err
 
 
+# Why this test once took more than 30 s: run as a background job of a non-interactive shell (how some
+# CI runners and `bash scripts/test.sh &` start it), the test process and every child it spawns inherit
+# SIGINT *ignored*, so the client never saw the Ctrl-C and ran on until the fake server's 30 s hang
+# ended. (`timeout ...` resets the disposition, which is why other runs passed.) The client is
+# therefore started with SIGINT restored, as in an interactive terminal.
+CLIENT_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'evaluation.eval'; runpy.run_module('evaluation.eval', run_name='__main__', alter_sys=True)"
+)
+EXIT_LIMIT_S = 5.0  # "exits within a few seconds"
+
+
+def start_client(test_file: Path, out: Path, url: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", CLIENT_WITH_CTRL_C, "--model", "tiny", "--test_file", str(test_file)]
+    cmd += ["--output", str(out), "--base-url", url, "--n", "2", "--concurrency", "1", "--no-progress"]
+    cmd += ["--max_tokens", "16", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, what: str, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def interrupt_and_wait(proc: subprocess.Popen, send) -> tuple[float, str]:
+    """Send Ctrl-C (``send(proc)``), return (seconds until exit, stderr)."""
+    start = time.monotonic()
+    send(proc)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return time.monotonic() - start, err
+
+
+def sigint(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+
+
 def test_ctrl_c_keeps_finished_samples(tmp_path: Path, server: FakeOpenAI):
     """SIGINT while a request hangs: finished problems are on disk, the rerun does only the rest."""
     server.script = [200, "hang"]
     test_file = write_jsonl(tmp_path / "t.jsonl")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "evaluation.eval", "--model", "tiny", "--test_file", str(test_file)]
-    cmd += ["--output", str(out), "--base-url", server.url, "--n", "2", "--concurrency", "1", "--no-progress"]
-    cmd += ["--max_tokens", "16"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(server.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(server.requests) == 2, "the second request never arrived"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = start_client(test_file, out, server.url)
+    wait_for(lambda: len(server.requests) == 2 or proc.poll() is not None, "the second request")
+    took, err = interrupt_and_wait(proc, sigint)
     assert proc.returncode == evalcli.EXIT_INTERRUPTED, err
+    assert took < EXIT_LIMIT_S, f"exited {took:.1f} s after Ctrl-C"
     assert "resume" in err
     assert {r["problem_id"] for r in rows(out)} == {10}
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["complete"] is False and summary["interrupted"] is True
     server.requests.clear()
     assert run_cli(test_file, out, server.url, "--n", "2") == 0
     assert len(server.requests) == 2 and len(rows(out)) == 6
+
+
+def _tgkill_other_thread(proc: subprocess.Popen) -> None:
+    """Deliver SIGINT to a thread of ``proc`` other than the main one (the kernel may pick any thread
+    that does not block the signal); the event loop must still wake up."""
+    import ctypes
+
+    tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+    assert tids, "the client has no second thread"
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]
+    assert libc.syscall(SYS_tgkill, proc.pid, tids[0], signal.SIGINT) == 0
+
+
+def test_ctrl_c_delivered_to_another_thread(tmp_path: Path, server: FakeOpenAI):
+    server.script = [200, "hang"]
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    proc = start_client(test_file, tmp_path / "out", server.url)
+    wait_for(lambda: len(server.requests) == 2 or proc.poll() is not None, "the second request")
+    took, err = interrupt_and_wait(proc, _tgkill_other_thread)
+    assert proc.returncode == evalcli.EXIT_INTERRUPTED, err
+    assert took < EXIT_LIMIT_S, f"exited {took:.1f} s after Ctrl-C"
+
+
+def _verify_helper_running(proc: subprocess.Popen) -> bool:
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children()
+        return any("evaluation._verify_worker" in " ".join(c.cmdline()) for c in children)
+    except psutil.Error:
+        return False
+
+
+def test_ctrl_c_while_the_grader_starts(tmp_path: Path, server: FakeOpenAI):
+    """A cold first run: the first answers need math-verify, whose helper is still importing SymPy when
+    Ctrl-C comes. The grading thread stops at once and records nothing half-graded."""
+    server.answer_text = "So \\boxed{{{answer} + 0}}"  # equal only after simplification: math-verify
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    out = tmp_path / "out"
+    proc = start_client(test_file, out, server.url)
+    wait_for(lambda: _verify_helper_running(proc) or proc.poll() is not None, "the math-verify helper")
+    took, err = interrupt_and_wait(proc, sigint)
+    assert proc.returncode == evalcli.EXIT_INTERRUPTED, err
+    assert took < EXIT_LIMIT_S, f"exited {took:.1f} s after Ctrl-C"
+    assert not (out / SAMPLES_FILE).exists() or rows(out) == [] or all(r["correct"] is not None for r in rows(out))
+
+
+def test_ctrl_c_at_start_up(tmp_path: Path, server: FakeOpenAI):
+    """Ctrl-C before any request (imports, loading): the process ends at once."""
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    proc = start_client(test_file, tmp_path / "out", server.url)
+    time.sleep(0.3)
+    took, err = interrupt_and_wait(proc, sigint)
+    assert proc.returncode in (evalcli.EXIT_INTERRUPTED, -signal.SIGINT, 0), err
+    assert took < EXIT_LIMIT_S, f"exited {took:.1f} s after Ctrl-C"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[]",  # a list, not an object
+        '{"choices": null}',
+        '{"choices": [null, null]}',
+        '{"choices": [{"index": 0, "message": {"content": 5}}, {"index": 1, "message": {"content": "x"}}]}',
+        '{"choices": [{"index": 0, "message": null}, {"index": 1, "message": {"content": "x"}}]}',
+        '{"choices": [{"index": 0, "message": {"content": "a"}}, {"index": 0, "message": {"content": "b"}}]}',
+    ],
+)
+def test_malformed_replies_are_retried_then_recorded(tmp_path: Path, server: FakeOpenAI, body: str):
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    out = tmp_path / "out"
+    # First: one malformed reply, then good ones -> retried, all graded.
+    server.script = [f"raw:{body}"]
+    assert run_cli(test_file, out, server.url, "--n", "2", "--concurrency", "1") == 0
+    assert len(server.requests) == 4 and all(r["error"] is None for r in rows(out))
+    # Always malformed -> error rows after the retries, a summary, exit 3; never a crash.
+    server.default = f"raw:{body}"
+    out2 = tmp_path / "out2"
+    assert run_cli(test_file, out2, server.url, "--n", "2", "--max-retries", "1") == evalcli.EXIT_ERRORS
+    got = rows(out2)
+    assert len(got) == 6 and all(r["error"] and "malformed reply" in r["error"] for r in got)
+    summary = json.loads((out2 / SUMMARY_FILE).read_text())
+    assert summary["complete"] is False and summary["overall"]["problems_failed"] == 3
+    assert summary["overall"]["avg@2"] == 0.0  # failed problems stay in the denominator
+    assert summary["by_data_source"]["toy"]["problems_failed"] == 2
+
+
+def test_failed_problems_do_not_inflate_accuracy(tmp_path: Path, server: FakeOpenAI):
+    server.script = [200]
+    server.default = 503
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    out = tmp_path / "out"
+    code = run_cli(test_file, out, server.url, "--n", "2", "--concurrency", "1", "--max-retries", "0")
+    assert code == evalcli.EXIT_ERRORS
+    o = json.loads((out / SUMMARY_FILE).read_text())["overall"]
+    assert o["avg@2"] == pytest.approx(0.5 / 3)  # 1 of 6 samples correct, failures count as wrong
+    assert o["avg@2_graded_only"] == pytest.approx(0.5) and o["problems_failed"] == 2
+
+
+def test_one_writer_per_output_folder(tmp_path: Path, server: FakeOpenAI, capsys: pytest.CaptureFixture):
+    from evaluation.store import RunLocked, RunStore
+
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    out = tmp_path / "out"
+    holder = RunStore(out, {"model": "x"})
+    try:
+        with pytest.raises(RunLocked, match=f'"pid": {os.getpid()}'):
+            RunStore(out, {"model": "x"})
+        assert run_cli(test_file, out, server.url, "--n", "1") == evalcli.EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert "being written by another evaluation" in err and str(os.getpid()) in err
+    finally:
+        holder.close()
+    assert RunStore(out, {"model": "x"}).fingerprint  # released: the next writer gets it
+
+
+def test_corrupt_line_mid_file_names_the_line(tmp_path: Path, server: FakeOpenAI, capsys: pytest.CaptureFixture):
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    out = tmp_path / "out"
+    assert run_cli(test_file, out, server.url, "--n", "2") == 0
+    lines = (out / SAMPLES_FILE).read_text().splitlines(keepends=True)
+    lines[2] = '{"problem_id": 11, "sample_in\n'
+    (out / SAMPLES_FILE).write_text("".join(lines))
+    assert run_cli(test_file, out, server.url, "--n", "2") == evalcli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"{out / SAMPLES_FILE}:3: not valid JSON" in err and f"sed -i '3d' {out / SAMPLES_FILE}" in err
+    # The suggested repair works: the lost samples are generated again.
+    del lines[2]
+    (out / SAMPLES_FILE).write_text("".join(lines))
+    server.requests.clear()
+    assert run_cli(test_file, out, server.url, "--n", "2") == 0
+    assert len(server.requests) == 1 and len(rows(out)) == 6
+
+
+def _fake_model(folder: Path, weights: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_fingerprint_holds_the_weights(tmp_path: Path, server: FakeOpenAI, capsys: pytest.CaptureFixture):
+    """A model retrained in place (same path, same name) is refused, both fingerprints shown."""
+    model = _fake_model(tmp_path / "runs" / "psft" / "global_step_3" / "huggingface", b"\x00" * 64)
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    out = tmp_path / "out"
+    assert run_cli(test_file, out, server.url, "--n", "1", "--model-path", str(model)) == 0
+    fp = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert len(fp["weights_sha256"]) == 64 and fp["grader_version"] and fp["math_verify"]
+    assert (model / ".psft_fingerprint.json").is_file()  # cached beside the model
+    time.sleep(0.01)
+    (model / "model.safetensors").write_bytes(b"\x01" * 64)  # retrained in place
+    assert run_cli(test_file, out, server.url, "--n", "1", "--model-path", str(model)) == evalcli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "weights_sha256: was" in err and "fingerprint in" in err and "fingerprint of this run" in err
+
+
+def test_default_output_is_named_after_the_checkpoint(tmp_path: Path, server: FakeOpenAI, monkeypatch):
+    """Two checkpoints of one run never share a folder: outputs/eval/<experiment>/global_step_N/..."""
+    monkeypatch.chdir(tmp_path)
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    for step in (1, 2):
+        model = _fake_model(tmp_path / "ckpt" / "exp" / f"global_step_{step}" / "huggingface", bytes([step]) * 8)
+        argv = ["--model", "tiny", "--model-path", str(model), "--test_file", str(test_file), "--n", "1"]
+        assert evalcli.main(argv + ["--base-url", server.url, "--max_tokens", "16", "--no-progress"]) == 0
+    got = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.glob("outputs/eval/**/run.json"))
+    assert got == ["outputs/eval/exp/global_step_1/t_t0.7_p0.95_m16", "outputs/eval/exp/global_step_2/t_t0.7_p0.95_m16"]
 
 
 @pytest.mark.parametrize(

@@ -149,3 +149,81 @@ def test_extraction_details():
     assert choice_letter("12") is None
     g = grade("\\boxed{3}", "3")
     assert g.extracted == "3" and g.boxed and g.correct
+
+
+# Inputs that made extraction quadratic (or the old "answer is" regex backtrack), each about 1 MB.
+MB = 1 << 20
+ADVERSARIAL = {
+    "unclosed-boxes": "\\boxed{" * (MB // 7),
+    "unclosed-then-closed": "\\boxed{1} " + "\\boxed{" * (MB // 7),
+    "bare-boxes": "\\boxed " * (MB // 7),
+    "answer-is-then-spaces": "The answer is" + " " * MB,
+    "many-answer-is": "answer is " * (MB // 10),
+    "trailing-dots": "The answer is 5" + "." * MB + "x",
+    "nested-open-braces": "\\boxed{" + "{" * MB,
+    "text-wrappers": "\\boxed{" + "\\text{a}" * (MB // 8) + "}",
+    "think-tags": "</think>" * (MB // 8),
+    "newlines": "\\boxed{1" + "\n" * MB,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_extraction_is_linear(name: str):
+    """1 MB of adversarial text is read in well under a second (the old code took minutes on some)."""
+    text = ADVERSARIAL[name]
+    start = time.monotonic()
+    extract_answer(text)
+    small = time.monotonic() - start
+    assert small < 2.0, f"{name}: {small:.2f} s for {len(text)} characters"
+
+
+def test_grade_is_bounded_on_any_input():
+    """grade() returns within twice the timeout on 1 MB inputs, also right after a killed helper."""
+    from evaluation.grader import warm_up
+
+    warm_up()
+    timeout = 2.0
+    cases = [(text, "1") for text in ADVERSARIAL.values()]
+    cases += [("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1"), ("x" * MB + "\\boxed{" + "9^{" * 500 + "}" * 500 + "}", "2")]
+    cases += [("\\boxed{" + "(" * 1500 + "}", "1"), (ADVERSARIAL["unclosed-boxes"], "C")]
+    for response, gold in cases:
+        start = time.monotonic()
+        grade(response, gold, timeout_s=timeout)
+        took = time.monotonic() - start
+        assert took < 2 * timeout, f"{took:.1f} s on {response[:40]!r}..."
+
+
+def test_rl_reward_uses_the_bounded_grader():
+    from recipe.psft.reward import compute_score
+
+    start = time.monotonic()
+    assert compute_score("x", "\\boxed{" * (MB // 7), "1") == 0.0
+    assert compute_score("x", "so \\boxed{12}", "12") == 1.0
+    assert time.monotonic() - start < 5.0
+
+
+def test_interrupt_stops_a_waiting_check():
+    """After interrupt(), a check waiting on math-verify raises instead of recording a verdict."""
+    import threading
+
+    from evaluation.grader import GradingInterrupted, clear_interrupt, interrupt, warm_up
+
+    warm_up()
+    errors: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            grade("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1", timeout_s=30.0)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            errors.append(e)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(1.0)
+    start = time.monotonic()
+    interrupt()
+    thread.join(10)
+    clear_interrupt()
+    assert not thread.is_alive() and time.monotonic() - start < 2.0
+    assert errors and isinstance(errors[0], GradingInterrupted)
+    assert is_correct("\\boxed{\\frac{1}{2}}", "0.5")  # usable again afterwards

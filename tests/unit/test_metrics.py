@@ -99,3 +99,22 @@ def test_summarize_counts_every_problem_once():
     short = summarize([prob([True, False], errors=2)], n=4)
     assert short["problems_short"] == 1 and short["samples_errored"] == 2
     assert "4" not in short["pass@k"]
+
+
+def test_failed_samples_count_as_incorrect_in_the_headline():
+    """A problem whose requests kept failing stays in the denominator: accuracy is never inflated."""
+
+    def prob(flags, errors=0, missing=0):
+        return {
+            "correct": flags,
+            "answers": ["1"] * len(flags),
+            "finish": ["stop"] * len(flags),
+            "boxed": [True] * len(flags),
+            "errors": errors,
+            "missing": missing,
+        }
+
+    s = summarize([prob([True, True]), prob([], errors=2), prob([True], missing=1)], n=2)
+    assert s["avg@2"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert s["avg@2_graded_only"] == pytest.approx(1.0)  # what the old code reported
+    assert s["problems_failed"] == 2 and s["problems"] == 3

@@ -244,6 +244,8 @@ def test_skip_invalid_drops_and_reports(tmp_path: Path) -> None:
 
 
 def test_duplicates_reported_and_dropped(tmp_path: Path) -> None:
+    """Duplicates within a file are dropped; a test problem also in training is reported, not dropped
+    (a benchmark must not change silently), unless --decontaminate."""
     rows = ROWS + [dict(ROWS[1], response="another solution"), dict(ROWS[0], prompt="  What is 2 +  3? ")]
     src = write_rows(tmp_path / "in.jsonl", rows)
     test = write_rows(
@@ -253,13 +255,24 @@ def test_duplicates_reported_and_dropped(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli("--source", "local", "--input", str(src), "--test-input", str(test), "--output-dir", str(out))
     assert result.returncode == 0, result.stderr
-    assert "dropped 3 duplicate prompt(s)" in result.stderr
+    assert "dropped 2 duplicate prompt(s)" in result.stderr
     assert f"{src}: row 5: 'prompt': duplicate prompt of {src} row 2" in result.stderr
-    assert f"{test}: row 1: 'prompt': duplicate prompt of {src} training set row 2" in result.stderr
+    assert "test: 1 of 2 test problem(s) also in the training set (kept; --decontaminate drops them)" in result.stderr
     train, tested = read(out / "train.parquet"), read(out / "test.parquet")
     assert [r["demonstration"] for r in train] == [r["response"] for r in ROWS]  # first occurrence kept
-    assert [r["prompt"][-1]["content"] for r in tested] == ["What is 3 + 3?"]
-    assert card(out)["duplicates_count"] == 3
+    assert [r["prompt"][-1]["content"] for r in tested] == ["What is 4 * 6?", "What is 3 + 3?"]
+    info = card(out)
+    assert info["duplicates_count"] == 2
+    overlap = info["overlap_with_training"]["files"]["test"]
+    assert overlap["test_rows"] == 2 and overlap["overlapping"] == 1
+    assert overlap["rows"][0]["row"] == 1 and "training row 2" in overlap["rows"][0]["reason"]
+
+    out2 = tmp_path / "out2"
+    args = ["--source", "local", "--input", str(src), "--test-input", str(test), "--output-dir", str(out2)]
+    result = run_cli(*args, "--decontaminate")
+    assert result.returncode == 0, result.stderr
+    assert [r["prompt"][-1]["content"] for r in read(out2 / "test.parquet")] == ["What is 3 + 3?"]
+    assert card(out2)["overlap_with_training"]["action"].startswith("dropped")
 
 
 def test_local_is_deterministic(tmp_path: Path) -> None:

@@ -40,7 +40,11 @@ OPENR1_ROWS = [
 BENCH_ROWS = {
     "aime24": [{"id": 60, "problem": "Find x.", "solution": "...", "answer": "204", "url": "u", "year": "2024"}],
     "aime25": [{"problem": "Find y.", "answer": "70", "id": "0"}],
-    "amc": [{"id": 0, "problem": "Find z.", "answer": 142.0, "url": "u"}, {"id": 1, "problem": "Half?", "answer": 0.5}],
+    # math-ai/amc23: id, question, answer (a float), url
+    "amc23": [
+        {"id": 0, "question": "Find z.", "answer": 142.0, "url": "u"},
+        {"id": 1, "question": "Half?", "answer": 0.5, "url": "u"},
+    ],
     "math500": [
         {
             "problem": "Compute 1+1.",
@@ -52,6 +56,61 @@ BENCH_ROWS = {
         }
     ],
     "minerva": [{"question": "Speed of light?", "answer": "3e8"}],
+    # Hothan/OlympiadBench [OE_TO_maths_en_COMP]: final_answer is a list (one entry per part of the answer)
+    "olympiadbench": [
+        {
+            "id": 1606,
+            "question": "Find all pairs (x, y) with x + y = 1+1.",
+            "solution": ["..."],
+            "final_answer": ["$(1,1)$", "$(0,2)$"],
+            "context": None,
+            "image_1": None,
+            "modality": "Text-only",
+            "difficulty": "Competition",
+            "is_multiple_answer": True,
+            "unit": None,
+            "answer_type": "Tuple",
+            "error": None,
+            "question_type": "Open-ended",
+            "subfield": "Algebra",
+            "subject": "Math",
+            "language": "English",
+        },
+        {"id": 1607, "question": "Compute 2+2.", "solution": ["4"], "final_answer": ["$4$"], "unit": None},
+    ],
+    # Idavidrein/gpqa [gpqa_diamond]: the correct answer always in its own column, three wrong ones
+    "gpqa_diamond": [
+        {
+            "Pre-Revision Question": "...",
+            "Question": "Which particle is a lepton?",
+            "Correct Answer": "electron",
+            "Incorrect Answer 1": "proton",
+            "Incorrect Answer 2": "neutron",
+            "Incorrect Answer 3": "pion",
+            "Explanation": "...",
+            "Subdomain": "Physics",
+        },
+        {
+            "Question": "Which is a noble gas?",
+            "Correct Answer": "argon",
+            "Incorrect Answer 1": "oxygen",
+            "Incorrect Answer 2": "iron",
+            "Incorrect Answer 3": "sodium",
+        },
+    ],
+    # TIGER-Lab/MMLU-Pro: options (up to 10, published order), answer letter and its index
+    "mmlu_pro": [
+        {
+            "question_id": 70,
+            "question": "What is 2 * 3 in light?",
+            "options": ["5", "6", "7", "8"],
+            "answer": "B",
+            "answer_index": 1,
+            "cot_content": "",
+            "category": "math",
+            "src": "ori_mmlu-high_school_mathematics",
+        }
+    ],
 }
 
 
@@ -114,16 +173,77 @@ def test_openr1_bad_rows_name_the_hub_keys() -> None:
 @pytest.mark.parametrize("name", sorted(BENCH_ROWS))
 def test_benchmark_conversion(name: str) -> None:
     bench = hub.BENCHMARKS[name]
-    hub.check_layout(BENCH_ROWS[name], bench.repo, [bench.problem_keys, bench.answer_keys])
+    hub.check_layout(BENCH_ROWS[name], bench.repo, bench.required_columns())
     example = hub.benchmark_example(bench, BENCH_ROWS[name][0], 1)
     assert validate(example, "test") == []
     row = to_row(example, messages_of(example, SYSTEM_PROMPT), "test", 0)
     assert row["data_source"] == name and row["demonstration"] == ""
-    assert row["prompt"][0]["content"] == SYSTEM_PROMPT and row["prompt"][1]["content"].endswith(
-        ("x.", "y.", "z.", "1+1.", "light?")
-    )
-    expected = {"aime24": "204", "aime25": "70", "amc": "142", "math500": "\\frac{1}{2}", "minerva": "3e8"}
-    assert row["reward_model"]["ground_truth"] == expected[name]
+    user = row["prompt"][1]["content"]
+    assert row["prompt"][0]["content"] == SYSTEM_PROMPT
+    expected = {
+        "aime24": "204",
+        "aime25": "70",
+        "amc23": "142",
+        "math500": "\\frac{1}{2}",
+        "minerva": "3e8",
+        "olympiadbench": "(1,1), (0,2)",
+        "mmlu_pro": "B",
+    }
+    gold = row["reward_model"]["ground_truth"]
+    if name == "gpqa_diamond":
+        # The correct option sits where the seeded shuffle put it, and the gold letter points at it.
+        assert gold in "ABCD" and f"{gold}) electron" in user
+        assert sorted(line[3:] for line in user.splitlines() if line[1:3] == ") ") == sorted(
+            ["electron", "proton", "neutron", "pion"]
+        )
+    else:
+        assert gold == expected[name]
+    if bench.kind == "choice":
+        assert user.endswith("Answer with the letter of the correct option (A-D).")
+    else:
+        assert user.endswith(("x.", "y.", "z.", "1+1.", "light?"))
+
+
+def test_benchmark_suite_definitions() -> None:
+    """The paper's suite: six in-domain maths sets, two out-of-domain multiple-choice sets."""
+    assert hub.IN_DOMAIN == ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
+    assert hub.OUT_OF_DOMAIN == ("gpqa_diamond", "mmlu_pro")
+    assert hub.BENCHMARKS["amc23"].problems == 40 and hub.BENCHMARKS["olympiadbench"].problems == 675
+    assert all(b.kind == "choice" for b in hub.BENCHMARKS.values() if b.domain == "out")
+
+
+def test_gpqa_shuffle_is_reproducible_and_spreads_the_answer() -> None:
+    """Same question -> same order whatever the row order; over many questions every letter is the key."""
+    bench = hub.BENCHMARKS["gpqa_diamond"]
+    rows = [
+        {
+            "Question": f"Question {i}?",
+            "Correct Answer": "right",
+            "Incorrect Answer 1": "w1",
+            "Incorrect Answer 2": "w2",
+            "Incorrect Answer 3": "w3",
+        }
+        for i in range(200)
+    ]
+    first = [hub.benchmark_example(bench, r, i) for i, r in enumerate(rows)]
+    again = [hub.benchmark_example(bench, r, i) for i, r in reversed(list(enumerate(rows)))][::-1]
+    assert [(e.prompt, e.answer) for e in first] == [(e.prompt, e.answer) for e in again]
+    counts = {letter: sum(e.answer == letter for e in first) for letter in "ABCD"}
+    assert all(30 <= c <= 70 for c in counts.values()), counts
+    for e in first:
+        assert f"{e.answer}) right" in e.prompt
+
+
+def test_choice_rows_with_a_broken_key_are_reported() -> None:
+    gpqa = hub.BENCHMARKS["gpqa_diamond"]
+    row = dict(BENCH_ROWS["gpqa_diamond"][0], **{"Incorrect Answer 2": None})
+    problems = validate(hub.benchmark_example(gpqa, row, 7), "test")
+    assert problems and problems[0].key == "Incorrect Answer 2" and problems[0].row == 7
+    mmlu = hub.BENCHMARKS["mmlu_pro"]
+    with pytest.raises(DataError, match="'answer' 'C' disagrees with 'answer_index' 1"):
+        hub.benchmark_example(mmlu, dict(BENCH_ROWS["mmlu_pro"][0], answer="C"), 3)
+    bad = dict(BENCH_ROWS["mmlu_pro"][0], answer="Z", answer_index=None)
+    assert validate(hub.benchmark_example(mmlu, bad, 4), "test")[0].key == "answer"
 
 
 def test_changed_hub_layout_lists_the_columns() -> None:
@@ -140,7 +260,7 @@ def test_openr1_and_benchmarks_end_to_end_with_a_local_sample(tmp_path: Path, mo
         calls.append((repo, split))
         if repo == hub.OPENR1_REPO:
             return [dict(r) for r in OPENR1_ROWS] + [dict(OPENR1_ROWS[0])]  # one duplicate
-        return next(BENCH_ROWS[b.name] for b in hub.BENCHMARKS.values() if b.repo == repo)
+        return next(BENCH_ROWS[b.name] for b in hub.BENCHMARKS.values() if b.repo == repo and b.split == split)
 
     monkeypatch.setattr(hub, "load_hub_rows", fake_load)
     out = tmp_path / "out"
@@ -150,7 +270,7 @@ def test_openr1_and_benchmarks_end_to_end_with_a_local_sample(tmp_path: Path, mo
     assert names == ["test.parquet"] + [f"test_{n}.parquet" for n in sorted(hub.BENCHMARKS)] + ["train.parquet"]
     train = [record for _, record in read_records(out / "train.parquet")]
     assert len(train) == 2 and all(r["prompt"][0]["content"] == SYSTEM_PROMPT for r in train)
-    amc = pd.read_parquet(out / "test_amc.parquet")
+    amc = pd.read_parquet(out / "test_amc23.parquet")
     assert list(amc["reward_model"].map(lambda r: r["ground_truth"])) == ["142", "0.5"]  # one row per problem
     card = json.loads((out / "data_card.json").read_text())
     assert card["duplicates_count"] == 1 and card["rows"]["test"] == 1

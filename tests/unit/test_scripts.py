@@ -126,8 +126,9 @@ def test_plot_tool_rejects_a_bad_log_line(tmp_path):
 
 
 def test_eval_script_serves_then_runs_the_papers_benchmarks():
+    """Both suites at the paper's n and sampling; names from the checkpoint path, never its basename."""
     proc = subprocess.run(
-        ["bash", str(SCRIPTS / "eval.sh"), "/ckpt/psft-qwen", "--dry-run"],
+        ["bash", str(SCRIPTS / "eval.sh"), "/ckpt/psft-qwen/global_step_40/huggingface", "--dry-run"],
         env={**os.environ, "PYTHON": sys.executable, "DATA_DIR": "/data", "PORT": "8123"},
         capture_output=True,
         text=True,
@@ -136,13 +137,26 @@ def test_eval_script_serves_then_runs_the_papers_benchmarks():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     serve = shlex.split(lines[0].rstrip("&"))
-    assert serve[1:4] == ["run", "evaluation.llm:build_app", "model=/ckpt/psft-qwen"] and "port=8123" in serve
+    assert serve[1:4] == ["run", "evaluation.llm:build_app", "model=/ckpt/psft-qwen/global_step_40/huggingface"]
+    assert "port=8123" in serve and "served-model-name=psft-qwen/global_step_40" in serve
     samples = {}
-    for line in lines[1:]:
+    for line in lines[1:-1]:
         argv = shlex.split(line)
         assert argv[:3] == [sys.executable, "-m", "evaluation.eval"]
         option = dict(zip(argv[3::2], argv[4::2]))
         assert (option["--temperature"], option["--top_p"], option["--max_tokens"]) == ("0.7", "0.95", "10240")
-        assert option["--model"] == "psft-qwen" and option["--base-url"] == "http://127.0.0.1:8123"
+        assert option["--model"] == "psft-qwen/global_step_40" and option["--base-url"] == "http://127.0.0.1:8123"
+        assert option["--model-path"] == "/ckpt/psft-qwen/global_step_40/huggingface"
+        assert "/outputs/eval/psft-qwen/global_step_40/" in option["--output"]
         samples[Path(option["--test_file"]).stem] = int(option["--n"])
-    assert samples == {"test_aime24": 32, "test_aime25": 32, "test_amc": 32, "test_math500": 8, "test_minerva": 8}
+    assert samples == {
+        "test_aime24": 32,
+        "test_aime25": 32,
+        "test_amc23": 32,
+        "test_math500": 8,
+        "test_minerva": 8,
+        "test_olympiadbench": 8,
+        "test_gpqa_diamond": 8,
+        "test_mmlu_pro": 1,
+    }
+    assert shlex.split(lines[-1])[1:3] == ["-m", "evaluation.report"]

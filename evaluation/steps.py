@@ -1,0 +1,194 @@
+"""Accuracy over training: evaluate every checkpoint of a run, resumably, and log accuracy per step.
+
+    python -m evaluation.steps CKPT_DIR --test_file data/test_aime24.parquet --n 8 [--watch] [eval flags]
+    # CKPT_DIR is trainer.default_local_dir: it holds global_step_N/huggingface (and
+    # latest_checkpointed_iteration.txt); with --watch new checkpoints are evaluated as they appear.
+
+Each checkpoint is evaluated by ``python -m evaluation.eval --backend vllm`` in its own process (a
+fresh engine per checkpoint; vLLM does not give memory back within a process) into
+``CKPT_DIR/eval/<test file>/global_step_N``; rerunning reuses every finished sample, so the command can be
+stopped and restarted at any time. Every flag this command does not know is passed to evaluation.eval
+(sampling, ``--engine-arg``, ...), and must stay the same across reruns (evaluation.eval refuses a
+folder written with other settings).
+
+After each checkpoint, accuracy per step is rewritten, complete checkpoints only, as verl file-log lines
+``{"step": N, "data": {"eval/<source>/avg@n": .., "eval/<source>/avg@n_stderr": .., ...}}`` into
+``--log`` (default: ``<training log>.eval.jsonl`` beside ``--train-log``, else
+``CKPT_DIR/eval/<test file>/accuracy.jsonl``). ``scripts/plot_runs.py --accuracy-log LABEL=FILE`` draws it.
+
+Exit status: 0 every checkpoint complete, 3 some evaluation incomplete (rerun), 130 interrupted, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STEP_DIR = re.compile(r"^global_step_(\d+)$")
+TRACKER = "latest_checkpointed_iteration.txt"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+EXIT_INCOMPLETE = 3
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.steps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("ckpt_dir", type=Path, help="the run's checkpoint folder (trainer.default_local_dir)")
+    p.add_argument("--test_file", "--test-file", dest="test_file", required=True)
+    p.add_argument("--train-log", type=Path, default=None, help="the run's verl file log (VERL_FILE_LOGGER_PATH)")
+    p.add_argument("--log", type=Path, default=None, help="where accuracy per step goes (see above)")
+    p.add_argument("--output-root", type=Path, default=None, help="default: CKPT_DIR/eval/<test file stem>")
+    p.add_argument("--watch", action="store_true", help="keep polling for new checkpoints until Ctrl-C")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between polls with --watch")
+    p.add_argument("--until-step", type=int, default=None, help="with --watch: stop once this step is evaluated")
+    return p
+
+
+def ready_checkpoints(ckpt_dir: Path) -> dict[int, Path]:
+    """step -> its ``huggingface`` folder, for checkpoints that are completely written.
+
+    verl writes ``latest_checkpointed_iteration.txt`` after a checkpoint is saved, so steps beyond the
+    number in it may still be in the making; without the file, a folder with weights and config counts.
+    """
+    if not ckpt_dir.is_dir():
+        return {}
+    limit = None
+    tracker = ckpt_dir / TRACKER
+    if tracker.is_file():
+        try:
+            limit = int(tracker.read_text().strip())
+        except ValueError:
+            limit = None
+    found = {}
+    for child in ckpt_dir.iterdir():
+        m = STEP_DIR.match(child.name)
+        hf = child / "huggingface"
+        if not m or not hf.is_dir():
+            continue
+        step = int(m.group(1))
+        if limit is not None and step > limit:
+            continue
+        if (hf / "config.json").is_file() and any(f.name.endswith(WEIGHT_SUFFIXES) for f in hf.iterdir()):
+            found[step] = hf
+    return dict(sorted(found.items()))
+
+
+def accuracy_entry(step: int, summary: dict[str, Any]) -> dict[str, Any]:
+    """One verl file-log line from an evaluation summary."""
+    n = summary["n"]
+    data: dict[str, Any] = {}
+    sections = {"all": summary["overall"], **summary.get("by_data_source", {})}
+    for source, s in sections.items():
+        data[f"eval/{source}/avg@{n}"] = s[f"avg@{n}"]
+        data[f"eval/{source}/avg@{n}_stderr"] = s[f"avg@{n}_stderr"]
+        data[f"eval/{source}/problems"] = s["problems"]
+    return {"step": step, "data": data}
+
+
+def write_accuracy_log(path: Path, out_root: Path, steps: list[int]) -> int:
+    """Rewrite the accuracy log from every complete summary (atomically); returns the lines written."""
+    lines = []
+    for step in steps:
+        summary_path = out_root / f"global_step_{step}" / "summary.json"
+        if not summary_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        if summary.get("complete"):
+            lines.append(json.dumps(accuracy_entry(step, summary)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+    return len(lines)
+
+
+def is_complete(out_dir: Path) -> bool:
+    summary = out_dir / "summary.json"
+    if not summary.is_file():
+        return False
+    try:
+        data = json.loads(summary.read_text())
+    except ValueError:
+        return False
+    return bool(data.get("complete")) and not data.get("interrupted")
+
+
+def evaluate_step(hf: Path, test_file: str, out_dir: Path, eval_args: list[str]) -> int:
+    """Run (or resume) evaluation.eval on one checkpoint; its exit status."""
+    cmd = [sys.executable, "-m", "evaluation.eval", "--backend", "vllm", "--model", str(hf)]
+    cmd += ["--test_file", test_file, "--output", str(out_dir), "--no-progress", *eval_args]
+    print(f"[steps] {hf.parent.name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # The child got the same Ctrl-C (same process group) and saves what it finished.
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, eval_args = build_parser().parse_known_args(argv)
+    if not Path(args.test_file).is_file():
+        print(f"error: --test_file {args.test_file}: no such file", file=sys.stderr)
+        return 2
+    if any(a in ("--model", "--output", "--backend") for a in eval_args):
+        print("error: --model, --output and --backend are set per checkpoint by this command", file=sys.stderr)
+        return 2
+    stem = Path(args.test_file).stem
+    out_root = args.output_root or args.ckpt_dir / "eval" / stem
+    if args.log is not None:
+        log = args.log
+    elif args.train_log is not None:
+        log = args.train_log.with_name(f"{args.train_log.stem}.eval.jsonl")
+    else:
+        log = out_root / "accuracy.jsonl"
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        print("[steps] note: SIGINT is ignored in this shell; stop with kill -TERM", file=sys.stderr)
+    status = 0
+    try:
+        while True:
+            checkpoints = ready_checkpoints(args.ckpt_dir)
+            incomplete = 0
+            for step, hf in checkpoints.items():
+                out_dir = out_root / f"global_step_{step}"
+                if is_complete(out_dir):
+                    continue  # finished earlier: nothing to start
+                code = evaluate_step(hf, args.test_file, out_dir, eval_args)
+                if code == 2:
+                    return 2
+                if code != 0:
+                    incomplete += 1
+                written = write_accuracy_log(log, out_root, list(checkpoints))
+                print(f"[steps] accuracy of {written} checkpoint(s) in {log}", file=sys.stderr, flush=True)
+            written = write_accuracy_log(log, out_root, list(checkpoints))
+            status = EXIT_INCOMPLETE if incomplete else 0
+            done_until = args.until_step is not None and args.until_step in checkpoints and not incomplete
+            if not args.watch or done_until:
+                if not checkpoints:
+                    print(f"error: no global_step_*/huggingface with weights in {args.ckpt_dir}", file=sys.stderr)
+                    return 2
+                print(f"[steps] {written} of {len(checkpoints)} checkpoint(s) evaluated: {log}", file=sys.stderr)
+                return status
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print("\n[steps] interrupted: rerun the same command to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
