@@ -11,7 +11,7 @@
 # 4. times SFT, PSFT k=1, PSFT k=4, SFT with 4 updates and token metrics on/off in one trainer, and
 #    prints the table (step time, ratios, peak GPU memory, tokens/s).
 # Logs of every stage go to $OUT (default ./gpu_check_out). Environment knobs: KIT (kit folder,
-# default .gpukit), SIZE (0.5b|tiny), ROWS, DEMO_TOKENS, BATCH, K, ROUNDS, SAME_RUN_STEPS,
+# default .gpukit), SIZE (0.5b|tiny), ROWS, DEMO_TOKENS, BATCH, K, ROUNDS, SAME_RUN_STEPS, RUN_TIMEOUT,
 # EXTRA_OVERRIDES (Hydra overrides added to every run), SKIP_INSTALL=1 (use the current environment),
 # ALLOW_CPU=1 (rehearse on a machine without a GPU).
 set -euo pipefail
@@ -30,6 +30,7 @@ BATCH="${BATCH:-32}"
 K="${K:-4}"
 ROUNDS="${ROUNDS:-4}"
 SAME_RUN_STEPS="${SAME_RUN_STEPS:-3}"
+RUN_TIMEOUT="${RUN_TIMEOUT:-240}"
 read -r -a EXTRA <<<"${EXTRA_OVERRIDES:-}"
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -40,8 +41,6 @@ die() { echo "[gpu_check] FAILED: $*" >&2; exit 1; }
 
 stage "preflight"
 command -v "$PYTHON" >/dev/null || die "no $PYTHON on PATH"
-"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' ||
-    die "the kit's wheels are for CPython 3.12; $PYTHON is $("$PYTHON" -V 2>&1)"
 if [[ "${ALLOW_CPU:-0}" != 1 ]]; then
     nvidia-smi -L || die "nvidia-smi found no GPU"
     "$PYTHON" -c 'import torch; assert torch.cuda.is_available(); print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))' ||
@@ -52,6 +51,8 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     stage "install the kit from $KIT into $SITE"
     [[ -f "$KIT/install.sh" && -f "$KIT/wheels.tar.xz" ]] ||
         die "no kit at $KIT: build it with 'bash scripts/gpu_kit.sh .gpukit' and carry .gpukit"
+    "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' ||
+        die "the kit's wheels are for CPython 3.12; $PYTHON is $("$PYTHON" -V 2>&1)"
     PYTHON="$PYTHON" bash "$KIT/install.sh" --target "$SITE" --no-project || die "installing the kit failed"
     export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 else
@@ -83,9 +84,7 @@ PY
 COMMON=(
     "model.override_config.attn_implementation=sdpa"
     "engine.strategy=fsdp2"
-    "trainer.n_gpus_per_node=1"
     "data.max_length=$((DEMO_TOKENS + 256))"
-    "data.max_token_len_per_gpu=16384"
     "${EXTRA[@]}"
 )
 
@@ -97,10 +96,10 @@ train() {  # NAME OVERRIDES...: one main_psft run, its output in $OUT/NAME.log, 
     local name="$1"
     shift
     rm -f "$OUT/$name.jsonl"
-    VERL_FILE_LOGGER_PATH="$OUT/$name.jsonl" timeout 240 "$PYTHON" -m recipe.psft.main_psft \
+    VERL_FILE_LOGGER_PATH="$OUT/$name.jsonl" timeout "$RUN_TIMEOUT" "$PYTHON" -m recipe.psft.main_psft \
         "model.path=$WORK/model" "data.train_files=$WORK/train.parquet" "data.val_files=null" \
-        "data.train_batch_size=$BATCH" "trainer.total_training_steps=$SAME_RUN_STEPS" \
-        "trainer.logger=[console,file]" "trainer.save_freq=-1" "trainer.default_local_dir=$WORK/ckpt_$name" \
+        "data.train_batch_size=$BATCH" "trainer.total_training_steps=$SAME_RUN_STEPS" "trainer.n_gpus_per_node=1" \
+        "trainer.logger=[console,file]" "checkpoint.save_contents=[model]" "trainer.default_local_dir=$WORK/ckpt_$name" \
         "trainer.experiment_name=$name" "optim.lr=1e-5" "optim.lr_warmup_steps=0" \
         "${COMMON[@]}" "$@" >"$OUT/$name.log" 2>&1 || {
         tail -40 "$OUT/$name.log"
@@ -112,11 +111,11 @@ train() {  # NAME OVERRIDES...: one main_psft run, its output in $OUT/NAME.log, 
 stage "main_psft: SFT and PSFT k=1 ($SAME_RUN_STEPS steps each)"
 train sft "psft.loss_mode=sft" "psft.mini_batch_size=$BATCH"
 train psft_k1 "psft.loss_mode=psft" "psft.mini_batch_size=$BATCH"
-"$PYTHON" benchmarks/gpu_bench.py same-run "$OUT/sft.jsonl" "$OUT/psft_k1.jsonl" | tee "$OUT/same_run.txt" ||
+"$PYTHON" benchmarks/gpu_bench.py same-run "$OUT/sft.jsonl" "$OUT/psft_k1.jsonl" ||
     die "PSFT with k=1 is not SFT on this GPU"
 
 stage "step cost: one trainer, variants interleaved"
-"$PYTHON" benchmarks/gpu_bench.py steps --model "$WORK/model" --train "$WORK/train.parquet" --batch "$BATCH" \
+timeout "$((2 * RUN_TIMEOUT))" "$PYTHON" benchmarks/gpu_bench.py steps --model "$WORK/model" --train "$WORK/train.parquet" --batch "$BATCH" \
     --k "$K" --rounds "$ROUNDS" --out "$OUT/steps.json" "${COMMON[@]}" >"$OUT/steps.log" 2>&1 || {
     tail -40 "$OUT/steps.log"
     die "the step-cost benchmark failed (full log: $OUT/steps.log)"
@@ -126,6 +125,6 @@ stage "summary"
 if [[ "${ALLOW_CPU:-0}" != 1 ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
-cat "$OUT/same_run.txt"
+"$PYTHON" benchmarks/gpu_bench.py same-run "$OUT/sft.jsonl" "$OUT/psft_k1.jsonl" | tail -1
 sed -n '/^median over/,$p' "$OUT/steps.log"
 echo "[gpu_check] OK in $((SECONDS - T0)) s; logs in $OUT"

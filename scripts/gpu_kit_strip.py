@@ -46,7 +46,11 @@ def repack(wheel: Path) -> tuple[int, int, int]:
     patterns = drop_patterns(wheel.name)
     with zipfile.ZipFile(wheel) as source:
         infos = source.infolist()
-        record_name = next((i.filename for i in infos if i.filename.endswith(".dist-info/RECORD")), None)
+        # The wheel's own RECORD sits at the top level (Ray vendors other packages' dist-info deeper down).
+        record_name = next(
+            (i.filename for i in infos if i.filename.endswith(".dist-info/RECORD") and i.filename.count("/") == 1),
+            None,
+        )
         if record_name is None:
             raise SystemExit(f"{wheel}: no .dist-info/RECORD member: not a wheel pip can install")
         dropped = {i.filename for i in infos if any(p.search(i.filename) for p in patterns)}
