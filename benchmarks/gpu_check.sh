@@ -82,7 +82,7 @@ PY
 # sdpa: flash-attention is not on the GPU image (verl's default is flash_attention_2). FSDP2, bf16
 # compute (verl's default engine.dtype) over fp32 master weights.
 COMMON=(
-    "model.override_config.attn_implementation=sdpa"
+    "++model.override_config.attn_implementation=sdpa"
     "engine.strategy=fsdp2"
     "data.max_length=$((DEMO_TOKENS + 256))"
     "${EXTRA[@]}"
