@@ -115,6 +115,20 @@ def rows_needing_snapshot(schedule: list[torch.Tensor], skip_first: bool) -> tor
     return torch.unique(torch.cat(needed))
 
 
+def bind_local_ray_to_loopback() -> None:
+    """Make a Ray instance started by this process listen on 127.0.0.1 only.
+
+    Ray 2.60 has no bind-address setting; its servers listen on the node's address, which is the
+    machine's outward address unless Ray's single-machine mode (meant for macOS/Windows, switched by
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) makes it 127.0.0.1. Ray reads that switch at import, so the
+    module constant is set too. Token authentication (Ray 2.60's default) stays on.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def ensure_ray(config: Any) -> None:
     """Join the cluster in ``RAY_ADDRESS`` (job submission) or start a local Ray instance."""
     import ray
@@ -125,7 +139,10 @@ def ensure_ray(config: Any) -> None:
         ray.init()
         return
     # address="local": always a fresh local instance, never a stale `ray start` cluster on this host.
-    kwargs: dict[str, Any] = {"address": "local"}
+    # No dashboard (no HTTP API to expose), and every Ray port bound to 127.0.0.1: Ray's
+    # single-machine mode makes 127.0.0.1 the node address, and its servers bind to the node address.
+    bind_local_ray_to_loopback()
+    kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False}
     if config.trainer.device == "cpu":
         # verl's RayResourcePool asks max_colocate_count (10) logical CPUs per worker bundle on top
         # of the worker's own: advertise enough logical CPUs for every worker.
@@ -408,24 +425,29 @@ class PSFTTrainer(SFTTrainer):
         except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError) as exc:
             raise WorkerLost(self._lost_worker_message(exc)) from exc
         except ray.exceptions.RayTaskError as exc:
-            # A surviving rank fails its collective when a peer dies: name the dead one if there is one.
-            from .verl_adapters.worker_control import dead_workers
-
-            dead = dead_workers(self.training_client)
-            if dead:
-                raise WorkerLost(self._lost_worker_message(exc, dead)) from exc
-            raise
+            # A surviving rank fails its collective when a peer dies: report the dead one if there is one.
+            message = self._lost_worker_message(exc)
+            if message is None:
+                raise
+            raise WorkerLost(message) from exc
         finally:
             self.preemption.uninstall()
 
-    def _lost_worker_message(self, exc: BaseException, dead: list[str] | None = None) -> str:
-        first = str(exc).strip().splitlines()
-        what = "; ".join(dead) if dead else (first[0] if first else type(exc).__name__)
+    def _lost_worker_message(self, exc: BaseException) -> str | None:
+        """Name the dead worker(s) and the step; None when every worker is still alive."""
+        import ray.exceptions
+
+        from .verl_adapters.worker_control import dead_workers
+
+        dead = dead_workers(self.training_client)
+        if not dead and not isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.NodeDiedError):
+            return None
+        what = "; ".join(dead) if dead else " ".join(str(exc).split())[:400]
         last = self.last_saved_step
         resume = f"the last checkpoint is step {last}" if last else "no checkpoint was written yet"
         return (
-            f"a training worker or its node died at step {self.current_step}: {what}. {resume}; rerun the same "
-            "command once the cluster is whole again and it resumes from there."
+            f"a training worker or its node died during step {self.current_step}: {what}. {resume}; rerun the "
+            "same command once the cluster is whole again and it resumes from there."
         )
 
     def _save_due(self, step: int, is_last_step: bool) -> bool:

@@ -47,12 +47,21 @@ def preempted(args, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("preempted")
     trainer = Trainer(run_dir, args(run_dir))
     trainer.wait_for_step(2)
+    sockets = trainer.listening_sockets()
     trainer.signal(signal.SIGTERM)
-    return run_dir, trainer.finish()
+    return run_dir, trainer.finish(), sockets
+
+
+def test_local_ray_listens_on_loopback_only(preempted):
+    _, _, sockets = preempted
+    print(f"listening sockets of the run: {len(sockets)}: {sockets}")
+    assert sockets, "no listening socket found: the probe is broken"
+    exposed = [s for s in sockets if not s.startswith(("127.", "::1", "::ffff:127."))]
+    assert not exposed, f"listening on non-loopback addresses: {exposed}"
 
 
 def test_sigterm_checkpoints_the_step_in_progress_and_resumes_exactly(args, reference, preempted):
-    run_dir, stopped = preempted
+    run_dir, stopped, _ = preempted
     assert stopped.returncode == 143, stopped.output[-5000:]
     last = stopped.tracker()
     assert last in (2, 3) and f"stopped by SIGTERM after step {last}" in stopped.output
@@ -90,7 +99,7 @@ def test_second_sigint_exits_at_once_without_a_checkpoint_of_the_step(args, refe
 
 
 def test_changed_run_settings_stop_before_ray(args, preempted, tmp_path):
-    run_dir, _ = preempted
+    run_dir, _, _ = preempted
     copy = tmp_path / "run"
     shutil.copytree(run_dir / "ckpt", copy / "ckpt")
     start = time.monotonic()
@@ -170,10 +179,12 @@ def test_killed_worker_stops_the_driver_naming_it_then_resumes(args, reference, 
     workers = trainer.workers()
     assert len(workers) == 2, [w.cmdline() for w in workers]
     trainer.events["fault"] = time.monotonic()
-    workers[1].kill()
+    victim = workers[1]
+    victim.kill()
     lost = trainer.finish(timeout=180)
     assert lost.returncode == 5, lost.output[-5000:]
-    assert "a training worker or its node died at step" in lost.output
+    assert "a training worker or its node died during step" in lost.output
+    assert f"pid: {victim.pid}" in lost.output  # names the dead worker
     print(f"killed worker -> exit 5 in {seconds_to_exit(lost):.1f} s")
     resumed = run(tmp_path, args(tmp_path))
     assert resumed.returncode == 0, resumed.output[-5000:]

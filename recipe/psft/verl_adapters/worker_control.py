@@ -28,8 +28,8 @@ def rewind_lr_schedule(worker_group: Any) -> float:
     return float(lrs[0])
 
 
-def dead_workers(worker_group: Any, timeout_s: float = 20.0) -> list[str]:
-    """Describe each worker of ``worker_group`` that no longer answers because its actor died."""
+def dead_workers(worker_group: Any, timeout_s: float = 10.0) -> list[str]:
+    """Describe each worker of ``worker_group`` whose actor died: rank and Ray's reason (pid, node ip)."""
     probes = [worker.__ray_ready__.remote() for worker in worker_group.workers]
     ray.wait(probes, num_returns=len(probes), timeout=timeout_s)
     dead = []
@@ -37,8 +37,13 @@ def dead_workers(worker_group: Any, timeout_s: float = 20.0) -> list[str]:
         try:
             ray.get(probe, timeout=0.1)
         except ray.exceptions.RayActorError as exc:
-            first = str(exc).strip().splitlines()
-            dead.append(f"rank {rank}: {first[0] if first else type(exc).__name__}")
+            dead.append(f"rank {rank}: {_reason(exc)}")
         except ray.exceptions.GetTimeoutError:
-            continue  # alive but busy (e.g. waiting on a dead peer)
+            continue  # alive but busy (e.g. still waiting on a dead peer)
     return dead
+
+
+def _reason(exc: Exception) -> str:
+    # Ray's ActorDiedError text carries the class, pid, node ip and why the process exited.
+    text = " ".join(str(exc).split())
+    return text[:400] + ("..." if len(text) > 400 else "")
