@@ -422,8 +422,13 @@ class PSFTTrainer(SFTTrainer):
         self.preemption.install()
         try:
             return self._train_loop()
-        except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError) as exc:
-            raise WorkerLost(self._lost_worker_message(exc)) from exc
+        except (
+            ray.exceptions.RayActorError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.OutOfMemoryError,  # Ray's memory monitor killed a worker
+        ) as exc:
+            raise WorkerLost(self._lost_worker_message(exc, died=True)) from exc
         except ray.exceptions.RayTaskError as exc:
             # A surviving rank fails its collective when a peer dies: report the dead one if there is one.
             message = self._lost_worker_message(exc)
@@ -433,14 +438,12 @@ class PSFTTrainer(SFTTrainer):
         finally:
             self.preemption.uninstall()
 
-    def _lost_worker_message(self, exc: BaseException) -> str | None:
-        """Name the dead worker(s) and the step; None when every worker is still alive."""
-        import ray.exceptions
-
+    def _lost_worker_message(self, exc: BaseException, died: bool = False) -> str | None:
+        """Name the dead worker(s) and the step; None when nothing died (``died``: the error says it did)."""
         from .verl_adapters.worker_control import dead_workers
 
         dead = dead_workers(self.training_client)
-        if not dead and not isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.NodeDiedError):
+        if not dead and not died:
             return None
         what = "; ".join(dead) if dead else " ".join(str(exc).split())[:400]
         last = self.last_saved_step
@@ -478,14 +481,15 @@ class PSFTTrainer(SFTTrainer):
         import signal
 
         name = signal.Signals(self.preemption.signum).name
-        if self.last_saved_step == step:
+        if step == self.resume_global_step:
+            where = f"before its first step; the last checkpoint is step {step or 'none'}"
+        elif self.last_saved_step == step:
             where = f"saved a checkpoint of step {step} in {self.config.trainer.default_local_dir}"
         else:
             last = self.last_saved_step
             where = f"step {step} was not saved (it had a skipped update); the last checkpoint is step {last}"
-        raise Preempted(
-            f"stopped by {name} after step {step}: {where}. Rerun the same command to resume.", self.preemption.signum
-        )
+        when = "" if step == self.resume_global_step else f" after step {step}"
+        raise Preempted(f"stopped by {name}{when}: {where}. Rerun the same command to resume.", self.preemption.signum)
 
     def _train_loop(self) -> dict[str, float] | None:
         global_step = self.resume_global_step

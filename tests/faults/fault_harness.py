@@ -128,17 +128,18 @@ class Trainer:
         children = psutil.Process(self.proc.pid).children(recursive=True)
         return [p for p in children if "TrainingWorker" in " ".join(p.cmdline())]
 
-    def listening_sockets(self) -> list[str]:
-        """host:port of every TCP socket this run's processes (driver, local Ray, workers) listen on."""
+    def listening_sockets(self) -> dict[str, str]:
+        """{host:port: process title} of every TCP socket this run's processes listen on."""
         procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
-        found = set()
+        found = {}
         for proc in procs:
             try:
                 conns = proc.net_connections(kind="tcp")
+                title = " ".join(proc.cmdline())[:60] if proc.pid != self.proc.pid else "driver"
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            found |= {f"{c.laddr.ip}:{c.laddr.port}" for c in conns if c.status == psutil.CONN_LISTEN}
-        return sorted(found)
+            found.update({f"{c.laddr.ip}:{c.laddr.port}": title for c in conns if c.status == psutil.CONN_LISTEN})
+        return found
 
     def tail(self) -> str:
         return self.output_path.read_text()[-6000:]

@@ -54,9 +54,11 @@ def preempted(args, tmp_path_factory):
 
 def test_local_ray_listens_on_loopback_only(preempted):
     _, _, sockets = preempted
-    print(f"listening sockets of the run: {len(sockets)}: {sockets}")
+    print(f"listening sockets of the run: {len(sockets)}")
+    for address, title in sorted(sockets.items()):
+        print(f"  {address}  {title}")
     assert sockets, "no listening socket found: the probe is broken"
-    exposed = [s for s in sockets if not s.startswith(("127.", "::1", "::ffff:127."))]
+    exposed = {a: t for a, t in sockets.items() if not a.startswith(("127.", "::1:", "::ffff:127."))}
     assert not exposed, f"listening on non-loopback addresses: {exposed}"
 
 
