@@ -170,6 +170,9 @@ class PSFTTrainer(SFTTrainer):
             trainer.default_local_dir, trainer.get("resume_mode", "auto"), trainer.get("resume_from_path")
         )
         self.run_identity = identity if identity is not None else run_identity(config)
+        # A guard passed in (main_psft's, installed before the data is read) stays installed until the
+        # caller removes it, so a second signal during Ray's shutdown still exits at once.
+        self._owns_preemption_guard = preemption is None
         self.preemption = preemption or PreemptionGuard()
         self.divergence = DivergenceGuard(int(config.psft.get("max_nonfinite", 3)))
         super().__init__(config)
@@ -436,7 +439,8 @@ class PSFTTrainer(SFTTrainer):
                 raise
             raise WorkerLost(message) from exc
         finally:
-            self.preemption.uninstall()
+            if self._owns_preemption_guard:
+                self.preemption.uninstall()
 
     def _lost_worker_message(self, exc: BaseException, died: bool = False) -> str | None:
         """Name the dead worker(s) and the step; None when nothing died (``died``: the error says it did)."""

@@ -87,12 +87,16 @@ def test_sigterm_checkpoints_the_step_in_progress_and_resumes_exactly(args, refe
 def test_second_sigint_exits_at_once_without_a_checkpoint_of_the_step(args, reference, tmp_path):
     trainer = Trainer(tmp_path, args(tmp_path))
     trainer.wait_for_step(1)
+    tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
+    while not tracker.exists():  # step 1 saved: the driver is now in step 2
+        time.sleep(0.1)
     trainer.signal(signal.SIGINT)
-    time.sleep(0.3)
+    time.sleep(0.2)
     trainer.signal(signal.SIGINT)
     stopped = trainer.finish(timeout=120)
     assert stopped.returncode == 130, stopped.output[-5000:]
     assert "SIGINT again: exiting now" in stopped.output
+    assert stopped.tracker() == 1 and stopped.checkpoints() == ["global_step_1"]  # step 2 not saved
     print(f"second SIGINT -> exit 130 in {seconds_to_exit(stopped):.1f} s")
     resumed = run(tmp_path, args(tmp_path))
     assert resumed.returncode == 0, resumed.output[-5000:]
@@ -164,7 +168,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(args, reference, tm
         full = run(tmp_path, args(tmp_path))
         assert full.returncode == 4, full.output[-5000:]
         assert f"saving the checkpoint of step 2 to {mount / 'global_step_2'} failed" in full.output
-        assert "No space left on device" in full.output or "ENOSPC" in full.output, full.output[-3000:]
+        assert "MiB free on the filesystem of" in full.output and "previous checkpoint" in full.output
         assert full.checkpoints() == ["global_step_1"] and full.tracker() == 1
         subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)  # the user frees space
         resumed = run(tmp_path, args(tmp_path))

@@ -33,6 +33,14 @@ def _is_ray_failure(exc: BaseException) -> bool:
     return isinstance(exc, lost)
 
 
+def _free_space(root: Path) -> str:
+    # torch.save reports a full disk as "unexpected pos ...": say how much room there is.
+    try:
+        return f"{shutil.disk_usage(root).free / 2**20:.1f} MiB free on the filesystem of {root}"
+    except OSError as exc:
+        return f"free space of {root} unknown: {exc}"
+
+
 class TrustedCheckpointHandler(CheckpointHandler):
     def __init__(self, *args: Any, resume_plan: ResumePlan, run_identity: dict[str, Any], **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -62,8 +70,9 @@ class TrustedCheckpointHandler(CheckpointHandler):
             kept = f"the previous checkpoint {step_dir(root, previous)} is intact" if previous else "none earlier"
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             raise CheckpointError(
-                f"saving the checkpoint of step {step} to {folder} failed: {type(exc).__name__}: {detail}. "
-                f"Removed the partial folder; {kept}. Free space or fix the folder, then rerun the same command."
+                f"saving the checkpoint of step {step} to {folder} failed: {type(exc).__name__}: {detail} "
+                f"({_free_space(root)}). Removed the partial folder; {kept}. Free space or fix the folder, "
+                "then rerun the same command."
             ) from exc
         print(f"Checkpoint of step {step} complete: {folder}", flush=True)
         if self.default_hdfs_dir:
