@@ -17,11 +17,11 @@ from omegaconf import DictConfig
 
 from .checkpoints import resolve_resume
 from .config_checks import ConfigError, check_config
-from .cpu_platform import apply_cpu_defaults
 from .dataset import DataError
 from .exit_codes import BAD_INPUT, RunStopped
 from .preemption import PreemptionGuard, StopNow
 from .run_identity import check_resume, run_identity
+from .verl_adapters.cpu_platform import apply_cpu_defaults
 
 
 def run_psft(config: DictConfig, preemption: PreemptionGuard | None = None) -> dict | None:
