@@ -76,6 +76,7 @@ def cluster(tmp_path):
 
     env_gcs = {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
     try:
+        wait_for_nodes(env_gcs, 1)  # the head's GCS first: a worker node started earlier gives up
         start_worker()
         wait_for_nodes(env_gcs, 2)
         yield {"env": {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}, "nodes": nodes,
