@@ -19,7 +19,7 @@ from .checkpoints import resolve_resume
 from .config_checks import ConfigError, check_config
 from .dataset import DataError
 from .exit_codes import BAD_INPUT, RunStopped
-from .preemption import PreemptionGuard, StopNow
+from .preemption import PreemptionGuard
 from .run_identity import check_resume, run_identity
 from .verl_adapters.cpu_platform import apply_cpu_defaults
 
@@ -65,9 +65,6 @@ def main(config: DictConfig) -> None:
         sys.exit(BAD_INPUT)
     except RunStopped as exc:
         print(f"[psft] {'done' if exc.exit_code == 0 else 'stopped'}: {exc}", file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
-    except StopNow as exc:
-        print(f"[psft] {exc}; the last complete checkpoint is intact", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
     finally:
         guard.uninstall()

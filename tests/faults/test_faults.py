@@ -95,7 +95,8 @@ def test_second_sigint_exits_at_once_without_a_checkpoint_of_the_step(args, refe
     while not tracker.exists():  # step 1 saved: the driver is now in step 2
         time.sleep(0.1)
     trainer.signal(signal.SIGINT)
-    time.sleep(0.2)
+    while "SIGINT received" not in trainer.tail():  # a second signal sent while the first is pending merges
+        time.sleep(0.05)
     trainer.signal(signal.SIGINT)
     stopped = trainer.finish(timeout=120)
     assert stopped.returncode == 130, stopped.output[-5000:]

