@@ -30,8 +30,11 @@ def ensure_ray(config: Any) -> None:
         ray.init()
         return
     # address="local": always a fresh local instance, never a stale `ray start` cluster on this host.
-    # No dashboard (no HTTP API to expose) and every port on 127.0.0.1.
-    bind_local_ray_to_loopback()
+    # No dashboard (no HTTP API to expose) and every port on 127.0.0.1 (PSFT_RAY_LOOPBACK=0: Ray's default
+    # addresses; loopback mode's dashboard agent takes the fixed 127.0.0.1:52365, so a second local Ray
+    # on the same host fails to start while one holds it).
+    if os.environ.get("PSFT_RAY_LOOPBACK", "1") != "0":
+        bind_local_ray_to_loopback()
     kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False}
     if config.trainer.device == "cpu":
         # verl's RayResourcePool asks max_colocate_count (10) logical CPUs per worker bundle on top
