@@ -19,6 +19,7 @@ The server never takes sampling defaults from the model's ``generation_config.js
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -30,6 +31,9 @@ DEFAULT_PORT = 8000
 SERVE_NAMESPACE = "serve"  # what `serve run` uses; the builder may have to connect first
 # Environment the replicas need from the launching shell (CPU thread binding, KV cache size, caches).
 _PASS_ENV_PREFIXES = ("VLLM_", "HF_", "OMP_", "TRANSFORMERS_")
+# Never into a runtime env (Ray shows those on its dashboard and job API): tokens, keys, passwords.
+# Replicas inherit them from the Ray node's own environment (the shell that ran `serve run`/`ray start`).
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 
 
 def _norm_key(key: str) -> str:
@@ -138,7 +142,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     # Bind the HTTP proxy where asked before `serve run` starts Serve with its defaults.
     serve.start(http_options={"host": str(args.get("host", DEFAULT_HOST)), "port": int(args.get("port", DEFAULT_PORT))})
 
-    env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_ENV_PREFIXES) and not _SECRET_NAME.search(k)}
     actor_options: dict[str, Any] = {"runtime_env": {"env_vars": env}}
     actor_options.update({"num_gpus": tp, "num_cpus": 1} if gpus else {"num_cpus": 1})
     deployment = serve.deployment(

@@ -9,14 +9,22 @@
 # Paths in overrides (model, data, trainer.default_local_dir) are paths on the cluster: use shared
 # storage or absolute paths on the head node. PYTHON (default python3) is the job's interpreter on
 # the cluster. Clusters with Ray token authentication (the default for `ray start` since Ray 2.5x)
-# need RAY_AUTH_MODE=token here and the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN). ENV_VARS (space-separated NAME=VALUE pairs) are
-# passed to the job's processes, e.g. ENV_VARS="WANDB_API_KEY=... HF_HOME=/shared/hf".
+# need RAY_AUTH_MODE=token here and the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN, read by
+# the `ray` CLI from the environment, never put on the command line).
+#
+# ENV_VARS: space-separated NAME (value taken from this shell's environment) or NAME=VALUE entries
+# for the job's processes, e.g. ENV_VARS="HF_HOME=/shared/hf WANDB_MODE=offline WANDB_PROJECT".
+# The runtime environment is written as JSON (by a JSON encoder) to a private temporary file, so no
+# value appears in any process's argv. Secrets (names with TOKEN, KEY, SECRET, PASSWORD or
+# CREDENTIAL) are refused: Ray shows runtime environments on its dashboard and job API. Put them in
+# the environment of the cluster's `ray start` processes instead; jobs and workers inherit it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${RAY_ADDRESS:?set RAY_ADDRESS to the dashboard address of the cluster, e.g. http://127.0.0.1:8265}"
 # The `ray` CLI on PATH, else this repo's venv; PYTHON is the interpreter *on the cluster* for the job.
 RAY="${RAY:-$(command -v ray || echo "$ROOT/.venv/bin/ray")}"
 PYTHON="${PYTHON:-python3}"
+LOCAL_PYTHON="$(command -v python3 || echo "$ROOT/.venv/bin/python")"
 
 dry_run=0
 submit_flags=()
@@ -35,15 +43,45 @@ if [[ ${#job[@]} -eq 0 || "${job[0]}" == *=* ]]; then
 fi
 
 # Runtime env: ship the repo (not its venv, outputs or checkpoints) and the chosen env vars.
-env_json="{\"VERL_USE_EXTERNAL_PLUGINS\": \"auto\""
-for pair in ${ENV_VARS:-}; do
-    env_json+=", \"${pair%%=*}\": \"${pair#*=}\""
-done
-env_json+="}"
-runtime_env="{\"working_dir\": \"$ROOT\", \"excludes\": [\".venv\", \".git\", \"outputs\", \"checkpoints\"], \"env_vars\": $env_json}"
+umask 077
+env_file="$(mktemp "${TMPDIR:-/tmp}/psft_runtime_env.XXXXXX")"
+ROOT="$ROOT" ENV_VARS="${ENV_VARS:-}" "$LOCAL_PYTHON" - "$env_file" <<'PY'
+import json, os, re, sys
 
-cmd=("$RAY" job submit --address "$RAY_ADDRESS" --runtime-env-json "$runtime_env" ${submit_flags[@]+"${submit_flags[@]}"} -- "${job[@]}")
-# shellcheck source=scripts/common.sh
-source "$ROOT/scripts/common.sh"
-DRY_RUN=$dry_run
-print_or_exec "${cmd[@]}"
+secret = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+env_vars = {"VERL_USE_EXTERNAL_PLUGINS": "auto"}
+for entry in os.environ["ENV_VARS"].split():
+    name, has_value, value = entry.partition("=")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        sys.exit(f"[submit_job] ENV_VARS entry {entry.split('=')[0]!r}: not a variable name")
+    if secret.search(name) and os.environ.get("PSFT_ALLOW_SECRETS_IN_RUNTIME_ENV") != "1":
+        sys.exit(
+            f"[submit_job] ENV_VARS names {name}, which looks like a secret: Ray shows runtime environments on "
+            "its dashboard and job API. Set it in the environment of the cluster's `ray start` processes "
+            "(jobs and workers inherit it), or set PSFT_ALLOW_SECRETS_IN_RUNTIME_ENV=1 to pass it anyway."
+        )
+    if not has_value:
+        if name not in os.environ:
+            sys.exit(f"[submit_job] ENV_VARS names {name}, which is not set in this shell")
+        value = os.environ[name]
+    env_vars[name] = value
+runtime_env = {
+    "working_dir": os.environ["ROOT"],
+    "excludes": [".venv", ".git", "outputs", "checkpoints"],
+    "env_vars": env_vars,
+}
+with open(sys.argv[1], "w") as f:
+    json.dump(runtime_env, f, indent=1)
+PY
+
+cmd=("$RAY" job submit --address "$RAY_ADDRESS" --runtime-env "$env_file" ${submit_flags[@]+"${submit_flags[@]}"} -- "${job[@]}")
+if [[ $dry_run == 1 ]]; then
+    # The runtime env file is kept for inspection; the command names it.
+    printf '%q ' "${cmd[@]}"
+    printf '\n'
+    exit 0
+fi
+status=0
+"${cmd[@]}" || status=$?
+rm -f "$env_file"
+exit "$status"

@@ -64,6 +64,12 @@ def check_config(config: Any) -> None:
     if high <= 0.0:
         raise ConfigError(f"psft.clip_ratio_high={high}: must be > 0 (the paper uses 0.28)")
 
+    max_nonfinite = int(psft.get("max_nonfinite", 3))
+    if max_nonfinite < 1:
+        raise ConfigError(f"psft.max_nonfinite={max_nonfinite}: must be >= 1 (the run stops at that many)")
+    if float(psft.get("save_interval_minutes", 0) or 0) < 0:
+        raise ConfigError(f"psft.save_interval_minutes={psft.save_interval_minutes}: must be >= 0 (0 disables)")
+
     if data.get("truncation", "error") not in TRUNCATION_MODES:
         raise ConfigError(f"data.truncation={data.truncation!r}: expected one of {', '.join(TRUNCATION_MODES)}")
     if data.get("pad_mode", "no_padding") != "no_padding":
@@ -88,4 +94,28 @@ def check_config(config: Any) -> None:
         raise ConfigError(
             f"model.path={model_path} does not exist: pass a local Hugging Face model folder "
             "(or a Hub id such as Qwen/Qwen2.5-7B-Instruct on a machine with Hub access)"
+        )
+
+
+def check_sizes(config: Any, train_rows: int, val_rows: int | None) -> None:
+    """Row counts against batch sizes, checked on the tokenised data before Ray and the model start.
+
+    Without this, too few training rows make an empty loader (zero steps, or a division by zero in
+    the step count) and too few validation rows an empty validation pass hours into the run.
+    """
+    batch = int(config.data.train_batch_size)
+    files = ", ".join(_files(config.data.get("train_files")))
+    if train_rows < batch:
+        raise ConfigError(
+            f"data.train_files ({files}) has {train_rows} usable rows, fewer than data.train_batch_size={batch}: "
+            f"lower data.train_batch_size to at most {train_rows} or add rows"
+        )
+    if val_rows is None:
+        return
+    dp_size = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+    if val_rows < dp_size:
+        raise ConfigError(
+            f"data.val_files ({', '.join(_files(config.data.get('val_files')))}) has {val_rows} usable rows, fewer "
+            f"than the data-parallel size {dp_size} (trainer.nnodes x trainer.n_gpus_per_node): every rank needs "
+            f"a validation row; add rows or pass data.val_files=null"
         )

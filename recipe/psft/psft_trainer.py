@@ -29,10 +29,17 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm import tqdm
 from verl.trainer.sft_trainer_ray import SFTTrainer
 from verl.utils import tensordict_utils as tu
+from verl.utils.checkpoint import OrchestrationMode
 from verl.utils.dataset.dataset_utils import SFTTensorCollator
 from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
 
+from .checkpoints import ResumePlan, resolve_resume
+from .config_checks import check_sizes
+from .divergence import DivergenceGuard
+from .exit_codes import AlreadyFinished, Diverged, Preempted, WorkerLost
 from .losses import LOSS_MODES, METRIC_REDUCTION, TokenLoss
+from .preemption import PreemptionGuard
+from .run_identity import run_identity
 from .verl_adapters.engine import WithLogitsProbe, data_parallel_size, logits_hook_meta
 from .verl_adapters.ray_bootstrap import ensure_ray
 from .verl_adapters.tracking import make_tracking
@@ -111,9 +118,42 @@ class PSFTTrainer(SFTTrainer):
 
     # --- construction -------------------------------------------------------------------------
 
+    def __init__(
+        self,
+        config: Any,
+        resume_plan: ResumePlan | None = None,
+        identity: dict[str, Any] | None = None,
+        preemption: PreemptionGuard | None = None,
+    ):
+        trainer = config.trainer
+        self.resume_plan = resume_plan or resolve_resume(
+            trainer.default_local_dir, trainer.get("resume_mode", "auto"), trainer.get("resume_from_path")
+        )
+        self.run_identity = identity if identity is not None else run_identity(config)
+        # A guard passed in (main_psft's, installed before the data is read) stays installed until the
+        # caller removes it, so a second signal during Ray's shutdown still exits at once.
+        self._owns_preemption_guard = preemption is None
+        self.preemption = preemption or PreemptionGuard()
+        self.divergence = DivergenceGuard(int(config.psft.get("max_nonfinite", 3)))
+        super().__init__(config)
+
+    def _check_before_ray(self) -> None:
+        """Checks that need the tokenised data but not Ray: sizes, and whether anything is left to train."""
+        check_sizes(self.config, len(self.train_dataset), len(self.val_dataset) if self.val_dataset else None)
+        done = self.resume_plan.step
+        if self.resume_plan.path is not None and done >= self.total_training_steps:
+            raise AlreadyFinished(
+                f"nothing to do: the checkpoint {self.resume_plan.path} is at step {done} and this run ends at "
+                f"step {self.total_training_steps}. Its weights are in {self.resume_plan.path / 'huggingface'}. "
+                "Raise trainer.total_training_steps or trainer.total_epochs to train further."
+            )
+
     def _build_engine(self) -> None:
+        self._check_before_ray()
         # Ray starts only now: config and data (built before the engine) are already validated.
         ensure_ray(self.config)
+        # ray.init replaces the SIGTERM handler with one that kills Ray at once: take it back.
+        self.preemption.install()
         super()._build_engine()
         cfg = self.config.psft
         self.loss_fns = {
@@ -123,6 +163,23 @@ class PSFTTrainer(SFTTrainer):
         self._active_loss_mode = None
         # Asked once: on the worker group this query is a remote call to every worker.
         self.dp_size = data_parallel_size(self.training_client)
+
+    def _build_ckpt_handler(self) -> None:
+        from .verl_adapters.checkpoint_handler import TrustedCheckpointHandler
+
+        trainer = self.config.trainer
+        self.ckpt_handler = TrustedCheckpointHandler(
+            engine=self.training_client,
+            train_dataloader=self.train_dataloader,
+            default_local_dir=trainer.default_local_dir,
+            max_ckpt_to_keep=trainer.get("max_ckpt_to_keep"),
+            default_hdfs_dir=trainer.get("default_hdfs_dir"),
+            resume_mode=trainer.get("resume_mode", "auto"),
+            resume_from_path=trainer.get("resume_from_path"),
+            mode=OrchestrationMode.RAY,
+            resume_plan=self.resume_plan,
+            run_identity=self.run_identity,
+        )
 
     def _build_dataloader(self) -> None:
         # verl's version hard-codes 8 loader processes per loader; ours honours data.num_workers
@@ -255,6 +312,7 @@ class PSFTTrainer(SFTTrainer):
                 global_token_num=NonTensorData([seqlens[i] for i in indices.tolist()]),
             )
             metrics = tu.get(self.training_client.train_batch(mini_batch).get(), "metrics")
+            self.divergence.check_update(step, update, metrics)
             for key, value in update_metrics(metrics).items():
                 per_update[key].append(value)
 
@@ -288,7 +346,89 @@ class PSFTTrainer(SFTTrainer):
     # --- the loop ----------------------------------------------------------------------------
 
     def fit(self) -> dict[str, float] | None:
+        """Train to the configured end; stop early only through a RunStopped exception (see exit_codes)."""
+        import ray.exceptions
+
+        self.preemption.install()
+        try:
+            return self._train_loop()
+        except (
+            ray.exceptions.RayActorError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.OutOfMemoryError,  # Ray's memory monitor killed a worker
+        ) as exc:
+            raise WorkerLost(self._lost_worker_message(exc, died=True)) from exc
+        except ray.exceptions.RayTaskError as exc:
+            # A surviving rank fails its collective when a peer dies: report the dead one if there is one.
+            message = self._lost_worker_message(exc)
+            if message is None:
+                raise
+            raise WorkerLost(message) from exc
+        finally:
+            if self._owns_preemption_guard:
+                self.preemption.uninstall()
+
+    def _lost_worker_message(self, exc: BaseException, died: bool = False) -> str | None:
+        """Name the dead worker(s) and the step; None when nothing died (``died``: the error says it did)."""
+        from .verl_adapters.worker_control import dead_workers
+
+        dead = dead_workers(self.training_client)
+        if not dead and not died:
+            return None
+        what = "; ".join(dead) if dead else " ".join(str(exc).split())[:400]
+        last = self.last_saved_step
+        resume = f"the last checkpoint is step {last}" if last else "no checkpoint was written yet"
+        return (
+            f"a training worker or its node died during step {self.current_step}: {what}. {resume}; rerun the "
+            "same command once the cluster is whole again and it resumes from there."
+        )
+
+    def _save_due(self, step: int, is_last_step: bool) -> bool:
+        if is_last_step or self.preemption.requested or self._save_postponed:
+            return True
+        if self.save_freq > 0 and step % self.save_freq == 0:
+            return True
+        minutes = float(self.config.psft.get("save_interval_minutes", 0) or 0)
+        return minutes > 0 and time.monotonic() - self._last_save_time >= minutes * 60
+
+    def _save_or_postpone(self, step: int, is_last_step: bool) -> None:
+        """Checkpoint ``step`` unless it had a skipped update (then the next clean step saves)."""
+        if self.divergence.step_had_skips(step):
+            if is_last_step:
+                raise Diverged(
+                    f"the final step {step} had non-finite updates that the engine skipped: not saving it as the "
+                    f"result. The last checkpoint is step {self.last_saved_step or 'none'}."
+                )
+            print(f"[psft] step {step} had a skipped update: its checkpoint moves to the next clean step", flush=True)
+            self._save_postponed = True
+            return
+        self.ckpt_handler.save_checkpoint(step=step)
+        self.last_saved_step, self._save_postponed, self._last_save_time = step, False, time.monotonic()
+
+    def _stop_if_preempted(self, step: int) -> None:
+        if not self.preemption.requested:
+            return
+        import signal
+
+        name = signal.Signals(self.preemption.signum).name
+        if step == self.resume_global_step:
+            where = f"before its first step; the last checkpoint is step {step or 'none'}"
+        elif self.last_saved_step == step:
+            where = f"saved a checkpoint of step {step} in {self.config.trainer.default_local_dir}"
+        else:
+            last = self.last_saved_step
+            where = f"step {step} was not saved (it had a skipped update); the last checkpoint is step {last}"
+        when = "" if step == self.resume_global_step else f" after step {step}"
+        raise Preempted(f"stopped by {name}{when}: {where}. Rerun the same command to resume.", self.preemption.signum)
+
+    def _train_loop(self) -> dict[str, float] | None:
         global_step = self.resume_global_step
+        self.current_step = global_step
+        self.last_saved_step = global_step or None
+        self._save_postponed, self._last_save_time = False, time.monotonic()
+        if self.preemption.requested:  # the signal came while the model and workers were being built
+            self._stop_if_preempted(global_step)
         if global_step and global_step % self.steps_per_epoch == 0:
             # A checkpoint on the last step of an epoch holds the loader mid-way through its final
             # batch; restored, it would yield nothing for the next epoch and skip to the one after.
@@ -308,23 +448,29 @@ class PSFTTrainer(SFTTrainer):
             )
             for data in progress:
                 global_step += 1
+                self.current_step = global_step
                 start = time.perf_counter()
                 batch = tu.get_tensordict(tensor_dict=data, non_tensor_dict=self._base_meta())
                 metrics = self.train_step(batch, global_step)
+                if self.divergence.step_had_skips(global_step):
+                    from .verl_adapters.worker_control import rewind_lr_schedule
+
+                    metrics["train/lr"] = rewind_lr_schedule(self.training_client)
                 step_time = time.perf_counter() - start
                 metrics["perf/step_time_s"] = step_time
                 metrics["perf/tokens_per_s"] = metrics["train/global_tokens"] / step_time
                 metrics["train/epoch"] = epoch + 1
+                metrics["train/nonfinite_updates"] = self.divergence.count
                 tracking.log(data=metrics, step=global_step)
 
                 is_last_step = global_step >= self.total_training_steps
-                if self.val_dataloader is not None and (
-                    is_last_step or (self.test_freq > 0 and global_step % self.test_freq == 0)
-                ):
+                wants_val = is_last_step or (self.test_freq > 0 and global_step % self.test_freq == 0)
+                if self.val_dataloader is not None and wants_val and not self.preemption.requested:
                     last_val = self.validate()
                     tracking.log(data=last_val, step=global_step)
-                if is_last_step or (self.save_freq > 0 and global_step % self.save_freq == 0):
-                    self.ckpt_handler.save_checkpoint(step=global_step)
+                if self._save_due(global_step, is_last_step):
+                    self._save_or_postpone(global_step, is_last_step)
+                self._stop_if_preempted(global_step)
                 if is_last_step:
                     progress.close()
                     print(f"Training finished at step {global_step}; last validation: {last_val}")

@@ -74,13 +74,30 @@ def test_rl_from_psft_script_resolves_in_verls_ppo_config(tmp_path):
 
 
 def test_submit_job_dry_run_ships_the_repo_and_env():
-    command = dry_run("submit_job.sh", "model.path=/m", RAY_ADDRESS="http://127.0.0.1:1", ENV_VARS="WANDB_MODE=offline")
+    command = dry_run(
+        "submit_job.sh", "model.path=/m", RAY_ADDRESS="http://127.0.0.1:1", ENV_VARS='WANDB_MODE=off"line HOME'
+    )
     assert command[1:5] == ["job", "submit", "--address", "http://127.0.0.1:1"]
-    runtime_env = json.loads(command[command.index("--runtime-env-json") + 1])
+    env_file = Path(command[command.index("--runtime-env") + 1])
+    runtime_env = json.loads(env_file.read_text())  # written by a JSON encoder: quotes survive
+    env_file.unlink()
     assert runtime_env["working_dir"] == str(REPO)
     assert ".venv" in runtime_env["excludes"]
-    assert runtime_env["env_vars"]["WANDB_MODE"] == "offline"
+    assert runtime_env["env_vars"]["WANDB_MODE"] == 'off"line'
+    assert runtime_env["env_vars"]["HOME"] == os.environ["HOME"]  # a bare name takes this shell's value
     assert command[command.index("--") + 1 :] == [sys.executable, "-m", "recipe.psft.main_psft", "model.path=/m"]
+
+
+def test_submit_job_refuses_secrets_in_the_runtime_env():
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "submit_job.sh"), "--dry-run", "model.path=/m"],
+        env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:1", "ENV_VARS": "WANDB_API_KEY", "WANDB_API_KEY": "s3cr3t"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "WANDB_API_KEY, which looks like a secret" in proc.stderr and "s3cr3t" not in proc.stdout + proc.stderr
 
 
 def test_plot_tool_writes_comparison_figures(tmp_path):

@@ -9,7 +9,13 @@ module              the verl / Ray internals it touches
 cpu_platform        ``verl.plugins`` entry point; ``PlatformRegistry`` / ``PlatformBase``; the private
                     ``EngineRegistry._engines`` table (FSDP engine for device ``cpu``); a monkeypatch
                     of ``verl.utils.distributed.initialize_global_process_group_ray``
-ray_bootstrap       ``ray.init`` for a local instance sized for verl's ``RayResourcePool`` bundles
+ray_bootstrap       ``ray.init`` for a local instance sized for verl's ``RayResourcePool`` bundles; Ray's
+                    private ``ray_constants.ENABLE_RAY_CLUSTER`` (single-machine mode: ports on 127.0.0.1)
+checkpoint_handler  subclass of verl's ``CheckpointHandler``: overrides its private ``_determine_resume_path``
+                    and ``save_checkpoint``, uses its attributes ``engine``, ``train_dataloader``,
+                    ``default_local_dir``, ``max_ckpt_to_keep``, ``default_hdfs_dir``, ``dp_rank``
+worker_control      Ray's ``__ray_call__`` / ``__ray_ready__`` on the worker group's ``workers``; the
+                    TrainingWorker's ``engine.lr_scheduler`` (a LambdaLR stepped back after a skipped update)
 engine              the worker group's private ``_query_dispatch_info`` (data-parallel size); the FSDP
                     engine's ``distillation_use_topk`` flag, which hands full logits to the loss
                     object as ``student_logits`` (used here for token accuracy)

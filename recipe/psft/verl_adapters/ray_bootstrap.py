@@ -1,9 +1,23 @@
-"""Join a Ray cluster or start a local one sized for verl's worker bundles."""
+"""Join a Ray cluster or start a local one sized for verl's worker bundles, reachable from this host only."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+
+def bind_local_ray_to_loopback() -> None:
+    """Make a Ray instance started by this process listen on 127.0.0.1 only.
+
+    Ray 2.60 has no bind-address setting: its servers listen on the node's address, which is the
+    machine's outward address unless Ray's single-machine mode (meant for macOS/Windows, switched by
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) makes it 127.0.0.1. Ray reads that switch at import, so its
+    private module constant is set too. Token authentication (Ray 2.60's default) stays on.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def ensure_ray(config: Any) -> None:
@@ -16,7 +30,12 @@ def ensure_ray(config: Any) -> None:
         ray.init()
         return
     # address="local": always a fresh local instance, never a stale `ray start` cluster on this host.
-    kwargs: dict[str, Any] = {"address": "local"}
+    # No dashboard (no HTTP API to expose) and every port on 127.0.0.1 (PSFT_RAY_LOOPBACK=0: Ray's default
+    # addresses; loopback mode's dashboard agent takes the fixed 127.0.0.1:52365, so a second local Ray
+    # on the same host fails to start while one holds it).
+    if os.environ.get("PSFT_RAY_LOOPBACK", "1") != "0":
+        bind_local_ray_to_loopback()
+    kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False}
     if config.trainer.device == "cpu":
         # verl's RayResourcePool asks max_colocate_count (10) logical CPUs per worker bundle on top
         # of the worker's own: advertise enough logical CPUs for every worker.

@@ -1,0 +1,167 @@
+"""What defines a run, recorded in every checkpoint and compared before a resume (before Ray starts).
+
+``resume_mode: auto`` resumes whatever checkpoint is in ``trainer.default_local_dir``. If the model,
+the training data or a setting that shapes the updates changed since that checkpoint was written, a
+resume would mix two runs (old weights, optimizer and loader position under a new setting). Each
+checkpoint therefore records :func:`run_identity` of its config, and :func:`check_resume` refuses a
+resume that changes any of it, naming every changed key with both values, unless the key is listed in
+``psft.resume_allow_changes``.
+
+Deliberately *not* part of the identity (always free to change at resume): the number of steps or
+epochs (extending a run), logging, validation files and frequency, save frequency and retention,
+the learning rate and other optimizer settings (a common, deliberate intervention), and
+micro-batching (it does not change the maths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .exit_codes import ResumeMismatch
+
+# Config keys copied as they are (after resolution). Files and the model are fingerprinted below.
+PLAIN_KEYS = (
+    "data.train_batch_size",
+    "psft.mini_batch_size",
+    "psft.epochs",
+    "psft.loss_mode",
+    "psft.clip_ratio_low",
+    "psft.clip_ratio_high",
+    "psft.sft_warmup_steps",
+    "psft.shuffle_mini_batches",
+    "data.max_length",
+    "data.truncation",
+    "data.prompt_key",
+    "data.response_key",
+    "trainer.seed",
+)
+DERIVED_KEYS = ("model.path", "model.weights", "data.train_files", "data.train_files.sha256", "trainer.world_size")
+IDENTITY_KEYS = PLAIN_KEYS + DERIVED_KEYS
+
+WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf)$")
+_SAMPLES, _CHUNK = 16, 1 << 16
+
+
+def file_sha256(path: Path) -> str:
+    """Full content hash of a data file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sampled_sha256(path: Path) -> str:
+    """Hash of a weight file's size, first MiB (the safetensors header) and 16 evenly spaced 64 KiB chunks.
+
+    Reading a 15 GB model in full would add minutes to every start; different weights (another
+    fine-tune of the same architecture) differ in every sampled chunk.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        for i in range(_SAMPLES):
+            f.seek(size * i // _SAMPLES)
+            digest.update(f.read(_CHUNK))
+    return digest.hexdigest()
+
+
+def model_fingerprint(model_path: str) -> str:
+    """A fingerprint of a local model folder's weights and config; Hub ids and URLs by name only."""
+    path = Path(os.path.expanduser(model_path))
+    if not path.is_dir():
+        return f"not a local folder: {model_path}"
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (WEIGHT_FILE.match(p.name) or p.name == "config.json"))
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sampled_sha256(file).encode())
+    return f"sha256-sampled:{digest.hexdigest()[:32]} ({len(files)} files)"
+
+
+def _select(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+        if node is None:
+            return None
+    return node
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
+
+
+def _train_files(config: Any) -> list[str]:
+    files = _select(config, "data.train_files")
+    if files is None:
+        return []
+    files = [files] if isinstance(files, str) else [str(f) for f in files]
+    return [f if "://" in f else str(Path(os.path.expanduser(f)).resolve()) for f in files]
+
+
+def run_identity(config: Any) -> dict[str, Any]:
+    """The values that define a run (see the module docstring), as plain JSON types."""
+    identity: dict[str, Any] = {key: _plain(_select(config, key)) for key in PLAIN_KEYS}
+    model_path = str(_select(config, "model.path"))
+    local_model = Path(os.path.expanduser(model_path))
+    identity["model.path"] = str(local_model.resolve()) if local_model.exists() else model_path
+    identity["model.weights"] = model_fingerprint(model_path)
+    files = _train_files(config)
+    identity["data.train_files"] = files
+    identity["data.train_files.sha256"] = [
+        file_sha256(Path(f)) if "://" not in f and Path(f).is_file() else "unavailable" for f in files
+    ]
+    identity["trainer.world_size"] = int(_select(config, "trainer.nnodes") or 1) * int(
+        _select(config, "trainer.n_gpus_per_node") or 1
+    )
+    return identity
+
+
+def identity_changes(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (recorded value, current value)} for every identity key whose value differs."""
+    return {
+        key: (recorded.get(key), current.get(key))
+        for key in IDENTITY_KEYS
+        if key in recorded and recorded.get(key) != current.get(key)
+    }
+
+
+def check_resume(
+    recorded: dict[str, Any] | None, current: dict[str, Any], allowed: list[str], checkpoint: str
+) -> list[str]:
+    """Raise ResumeMismatch if the run identity changed outside ``allowed``; return the allowed changes.
+
+    ``recorded`` is None for checkpoints written before identities were recorded: nothing to compare.
+    """
+    unknown = sorted(set(allowed) - set(IDENTITY_KEYS))
+    if unknown:
+        raise ResumeMismatch(
+            f"psft.resume_allow_changes lists {unknown}, which are not run-identity keys; "
+            f"valid keys: {', '.join(IDENTITY_KEYS)}"
+        )
+    if recorded is None:
+        return []
+    changes = identity_changes(recorded, current)
+    refused = {k: v for k, v in changes.items() if k not in allowed}
+    if refused:
+        lines = "\n".join(
+            f"  {key}: checkpoint has {old!r}, this run has {new!r}" for key, (old, new) in refused.items()
+        )
+        keys = ",".join(refused)
+        raise ResumeMismatch(
+            f"the checkpoint to resume ({checkpoint}) belongs to a run with different settings:\n{lines}\n"
+            f"Resuming would mix two runs. Use a new trainer.default_local_dir (or experiment name) for a new run, "
+            f"pass trainer.resume_mode=disable to start from scratch here, or accept the change with "
+            f"psft.resume_allow_changes=[{keys}]"
+        )
+    return sorted(changes)
