@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .losses import LOSS_MODES
+from .losses import LOSS_AGG_MODES, LOSS_MODES, check_kl_estimator
 
 
 class ConfigError(ValueError):
@@ -27,6 +27,27 @@ def check_config(config: Any) -> None:
 
     if psft.loss_mode not in LOSS_MODES:
         raise ConfigError(f"psft.loss_mode={psft.loss_mode!r}: expected one of {', '.join(LOSS_MODES)}")
+
+    if psft.loss_agg_mode not in LOSS_AGG_MODES:
+        raise ConfigError(f"psft.loss_agg_mode={psft.loss_agg_mode!r}: expected one of {', '.join(LOSS_AGG_MODES)}")
+    if psft.snapshot not in ("step", "initial"):
+        raise ConfigError(f"psft.snapshot={psft.snapshot!r}: expected step or initial")
+    if psft.snapshot == "initial" and psft.loss_mode != "psft":
+        raise ConfigError(
+            f"psft.snapshot=initial sets PSFT's old policy, but psft.loss_mode={psft.loss_mode}: "
+            "use psft.loss_mode=psft, or psft.snapshot=step"
+        )
+    try:
+        check_kl_estimator(str(psft.kl_estimator))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if float(psft.kl_coef) < 0:
+        raise ConfigError(f"psft.kl_coef={psft.kl_coef}: must be >= 0 (the paper's SFT-KL uses 0.5)")
+    if psft.update_token_metrics and config.model.get("use_fused_kernels", False):
+        raise ConfigError(
+            "psft.update_token_metrics=true needs the logits of training forwards, which "
+            "model.use_fused_kernels=true never materialises: turn one of them off"
+        )
 
     batch, mini = int(data.train_batch_size), int(psft.mini_batch_size)
     if batch <= 0 or mini <= 0:
