@@ -416,8 +416,7 @@ class PSFTTrainer(SFTTrainer):
             probe = token_metrics and (bool(cfg.update_token_metrics) or (update == 0 and probe_first))
             tu.assign_non_tensor(
                 mini_batch,
-                **train_meta,
-                **self._probe_meta(probe),
+                **{**train_meta, **self._probe_meta(probe)},
                 batch_num_sequences=sum(int(masks[i].any()) for i in rows),
                 update_lr_scheduler=update == len(schedule) - 1,
                 global_token_num=NonTensorData([seqlens[i] for i in rows]),
