@@ -33,11 +33,20 @@ QWEN25_VOCAB = 151_646
 
 
 def rows_of_tokens(n: int, tokens: int, tokenizer) -> list[dict]:
-    """``n`` rows of about ``tokens`` tokens each: a short prompt and a long demonstration."""
+    """``n`` rows of more than ``tokens`` tokens (cut to exactly ``tokens`` by data.truncation=right)."""
     unit = "Then 17 + 4 = 21, and 21 + 4 = 25. "
-    unit_tokens = len(tokenizer(unit)["input_ids"])
-    demo = unit * max(1, (tokens - 40) // unit_tokens)
+    demo = unit * (2 * tokens // max(1, len(tokenizer(unit)["input_ids"])) + 1)
     return [{"prompt": [{"role": "user", "content": f"Count on from {i}."}], "demonstration": demo} for i in range(n)]
+
+
+def with_vocabulary(model_dir: Path, vocab: int) -> None:
+    """Grow a model's vocabulary to ``vocab`` rows (the logits' width; the extra ids are never inputs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model.resize_token_embeddings(vocab, mean_resizing=False)
+    model.save_pretrained(model_dir, safe_serialization=True)
 
 
 def reset_peaks(trainer) -> None:
@@ -99,16 +108,18 @@ def main() -> None:
         from recipe.psft.cpu_platform import apply_cpu_defaults
 
     work = Path(tempfile.mkdtemp(prefix="psft_metrics_cost_"))
-    model = args.model or str(
-        build_tiny_model(
-            work / "model",
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=4,
-            vocab_size=args.vocab,
-            max_position_embeddings=max(2048, args.tokens + 64),
+    model = args.model
+    if model is None:
+        model = str(
+            build_tiny_model(
+                work / "model",
+                hidden_size=args.hidden,
+                num_layers=args.layers,
+                num_heads=4,
+                max_position_embeddings=max(2048, args.tokens),
+            )
         )
-    )
+        with_vocabulary(Path(model), args.vocab)
     tokenizer = AutoTokenizer.from_pretrained(model)
     train = work / "train.parquet"
     pd.DataFrame(rows_of_tokens(args.rows, args.tokens, tokenizer)).to_parquet(train)
@@ -125,7 +136,7 @@ def main() -> None:
                 f"trainer.n_gpus_per_node={args.workers}",
                 "trainer.logger=[console]",
                 f"trainer.default_local_dir={work / 'ckpt'}",
-                f"data.max_length={args.tokens + 64}",
+                f"data.max_length={args.tokens}",
                 "data.truncation=right",
                 "data.micro_batch_size_per_gpu=1",
                 "data.use_dynamic_bsz=false",

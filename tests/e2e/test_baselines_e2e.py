@@ -27,7 +27,7 @@ def runs(tiny_model, tmp_path_factory):
         return result
 
     result = {"train": train}
-    result["step"] = run("step", [])
+    result["step"] = run("step", ["psft.update_token_metrics=true"])
     result["initial"] = run("initial", ["psft.snapshot=initial"])
     # Interrupted after step 1, then resumed in the same folder (reference cache and checkpoint).
     result["first_half"] = run("first_half", ["psft.snapshot=initial", "trainer.total_training_steps=1"], "resumed")
@@ -89,4 +89,8 @@ def test_train_entropy_at_step_one_is_the_initial_models_entropy_over_the_batch(
     for name in ("step", "initial"):
         assert runs[name].series("train/entropy")[0] == pytest.approx(total / tokens, rel=1e-5), name
         assert runs[name].series("train/token_acc")[0] == pytest.approx(hits / tokens, abs=1e-6), name
-    assert "train/update_entropy" not in runs["step"].log[0]["data"]  # per-update metrics are opt-in
+    # The updating policy's entropy, averaged over the step's updates, only when asked for.
+    assert "train/update_entropy" not in runs["initial"].log[0]["data"]
+    update_entropy = runs["step"].series("train/update_entropy")
+    assert len(update_entropy) == 2 and update_entropy[0] != runs["step"].series("train/entropy")[0]
+    assert 0 <= min(runs["step"].series("train/update_token_acc")) <= 1
