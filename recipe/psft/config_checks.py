@@ -6,11 +6,40 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .losses import LOSS_AGG_MODES, LOSS_MODES, check_kl_estimator
+from .losses import LOSS_AGG_MODES, LOSS_MODES, kl_estimate
+
+# verl's data.truncation policies (applied per row by the dataset).
+TRUNCATION_MODES = ("error", "left", "right")
 
 
 class ConfigError(ValueError):
     """A config value that cannot work, named with its key and the fix."""
+
+
+def check_loss_mode(loss_mode: str) -> None:
+    """psft.loss_mode must name one of the losses in ``losses.LOSS_MODES``."""
+    if loss_mode not in LOSS_MODES:
+        raise ConfigError(f"psft.loss_mode={loss_mode!r}: expected one of {', '.join(LOSS_MODES)}")
+
+
+def check_loss_agg_mode(loss_agg_mode: str) -> None:
+    """psft.loss_agg_mode must name one of ``losses.LOSS_AGG_MODES`` (verl's names)."""
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ConfigError(f"psft.loss_agg_mode={loss_agg_mode!r}: expected one of {', '.join(LOSS_AGG_MODES)}")
+
+
+def check_kl_estimator(name: str) -> None:
+    """psft.kl_estimator must be a per-token estimator verl's ``kl_penalty`` knows (tried on a probe)."""
+    import torch
+
+    probe = torch.zeros(2)
+    try:
+        kl_estimate(probe, probe, name)
+    except NotImplementedError:
+        raise ConfigError(
+            f"psft.kl_estimator={name!r}: verl's kl_penalty has no such per-token estimator; use one of "
+            "k1 (kl), k2 (mse), k3 (low_var_kl), abs, or a straight-through form such as k3+"
+        ) from None
 
 
 def _files(value: Any) -> list[str]:
@@ -25,11 +54,9 @@ def check_config(config: Any) -> None:
     """Raise ConfigError for the first problem found in ``config`` (an OmegaConf DictConfig)."""
     psft, data, trainer = config.psft, config.data, config.trainer
 
-    if psft.loss_mode not in LOSS_MODES:
-        raise ConfigError(f"psft.loss_mode={psft.loss_mode!r}: expected one of {', '.join(LOSS_MODES)}")
+    check_loss_mode(psft.loss_mode)
 
-    if psft.loss_agg_mode not in LOSS_AGG_MODES:
-        raise ConfigError(f"psft.loss_agg_mode={psft.loss_agg_mode!r}: expected one of {', '.join(LOSS_AGG_MODES)}")
+    check_loss_agg_mode(psft.loss_agg_mode)
     if psft.snapshot not in ("step", "initial"):
         raise ConfigError(f"psft.snapshot={psft.snapshot!r}: expected step or initial")
     if psft.snapshot == "initial" and psft.loss_mode != "psft":
@@ -37,10 +64,7 @@ def check_config(config: Any) -> None:
             f"psft.snapshot=initial sets PSFT's old policy, but psft.loss_mode={psft.loss_mode}: "
             "use psft.loss_mode=psft, or psft.snapshot=step"
         )
-    try:
-        check_kl_estimator(str(psft.kl_estimator))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    check_kl_estimator(str(psft.kl_estimator))
     if float(psft.kl_coef) < 0:
         raise ConfigError(f"psft.kl_coef={psft.kl_coef}: must be >= 0 (the paper's SFT-KL uses 0.5)")
     if psft.update_token_metrics and config.model.get("use_fused_kernels", False):
@@ -77,8 +101,8 @@ def check_config(config: Any) -> None:
     if high <= 0.0:
         raise ConfigError(f"psft.clip_ratio_high={high}: must be > 0 (the paper uses 0.28)")
 
-    if data.get("truncation", "error") not in ("error", "left", "right"):
-        raise ConfigError(f"data.truncation={data.truncation!r}: expected error, left or right")
+    if data.get("truncation", "error") not in TRUNCATION_MODES:
+        raise ConfigError(f"data.truncation={data.truncation!r}: expected one of {', '.join(TRUNCATION_MODES)}")
     if data.get("pad_mode", "no_padding") != "no_padding":
         raise ConfigError(f"data.pad_mode={data.pad_mode!r}: PSFT supports only no_padding (verl's default)")
 

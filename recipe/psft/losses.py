@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from verl.trainer.ppo.core_algos import agg_loss, kl_penalty, register_policy_loss
+from verl.trainer.ppo.core_algos import kl_penalty  # verl's public per-token KL estimators
 
 LOSS_MODES = ("psft", "sft", "dft", "sft_kl", "asft")
 KL_LOSS_MODES = ("sft_kl", "asft")  # modes with a KL penalty to the reference (initial) model
@@ -45,6 +45,12 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 # How the driver reduces each per-micro-batch metric over micro-batches, ranks and mini-batches.
 # "sum": values are already divided by the global token count, so their sum is the global mean.
 METRIC_REDUCTION = {"ratio_max": "max", "ratio_min": "min"}
+
+# Optional per-token inputs of the loss, in ``model_output``, filled without gradients by the engine's
+# logits hook (see verl_adapters/engine.py): 1.0 where the logits' argmax is the next token (the
+# token_acc metric), and the token's entropy (the entropy metric).
+ARGMAX_HIT = "argmax_hit"
+PROBE_ENTROPY = "probe_entropy"
 
 # Rows of logits handled at once by the no-grad metrics probe: bounds its temporary memory to
 # two [rows, vocab] float tensors (about 0.6 GB each at a 151k vocabulary in fp32).
@@ -60,16 +66,9 @@ def psft_surrogate(
     return torch.minimum(ratio, clipped), ratio
 
 
-def check_kl_estimator(name: str) -> None:
-    """Raise ValueError unless verl's ``kl_penalty`` knows the estimator ``name``."""
-    probe = torch.zeros(2)
-    try:
-        kl_penalty(probe, probe, name)
-    except NotImplementedError:
-        raise ValueError(
-            f"psft.kl_estimator={name!r}: verl's kl_penalty has no such per-token estimator; use one of "
-            "k1 (kl), k2 (mse), k3 (low_var_kl), abs, or a straight-through form such as k3+"
-        ) from None
+def kl_estimate(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) by one of verl's ``kl_penalty`` estimators."""
+    return kl_penalty(log_prob, ref_log_prob, estimator)
 
 
 @torch.no_grad()
@@ -110,33 +109,15 @@ class TokenLoss:
     loss_agg_mode: str = "token-mean"
 
     def __post_init__(self) -> None:
-        if self.mode not in LOSS_MODES:
-            raise ValueError(f"psft.loss_mode={self.mode!r}: expected one of {LOSS_MODES}")
-        if self.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ValueError(f"psft.loss_agg_mode={self.loss_agg_mode!r}: expected one of {LOSS_AGG_MODES}")
+        # Imported here: config_checks imports LOSS_MODES from this module.
+        from .config_checks import check_kl_estimator, check_loss_agg_mode, check_loss_mode
+
+        check_loss_mode(self.mode)
+        check_loss_agg_mode(self.loss_agg_mode)
         check_kl_estimator(self.kl_estimator)
 
-    def __call__(
-        self,
-        model_output: dict | None = None,
-        data: Any = None,
-        dp_group: Any = None,
-        student_logits: torch.Tensor | None = None,
-    ):
-        if student_logits is not None:
-            return self._logits_probe(student_logits, data)
+    def __call__(self, model_output: dict, data: Any, dp_group: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
         return self._loss(model_output, data)
-
-    @staticmethod
-    def _logits_probe(logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
-        """Called by verl's FSDP engine with the full logits when ``distillation_use_topk`` is set
-        (its hook for per-token quantities that need logits). Entropy and token accuracy are computed
-        here under no_grad, so no vocabulary-sized tensor joins the autograd graph of a training
-        forward (verl's own ``calculate_entropy`` computes entropy with grad and disables the
-        in-place log-softmax backward)."""
-        labels = torch.roll(data["input_ids"].values(), shifts=-1, dims=0).to(logits.device)
-        entropy, hit = entropy_and_argmax_hit(logits.squeeze(0), labels)
-        return {"probe_entropy": entropy.unsqueeze(0), "argmax_hit": hit.unsqueeze(0)}
 
     def _loss(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, float]]:
         log_prob = model_output["log_probs"].values()
@@ -159,7 +140,7 @@ class TokenLoss:
             loss = -aggregate(log_prob)
         else:  # dft, asft
             loss = -aggregate(log_prob.detach().exp() * log_prob)
-        kl = kl_penalty(log_prob, ref, self.kl_estimator) if ref is not None else None
+        kl = kl_estimate(log_prob, ref, self.kl_estimator) if ref is not None else None
         if self.mode in KL_LOSS_MODES:
             if kl is None:
                 raise ValueError(f"psft.loss_mode={self.mode} needs the reference log-probs (ref_log_probs)")
@@ -181,11 +162,11 @@ class TokenLoss:
             }
             if kl is not None:
                 metrics["kl"] = token_mean(kl.detach()).item() / dp
-            entropy = model_output.get("probe_entropy", model_output.get("entropy"))
+            entropy = model_output.get(PROBE_ENTROPY, model_output.get("entropy"))
             if entropy is not None:
                 metrics["entropy"] = token_mean(entropy.values().detach().to(mask)).item() / dp
-            if "argmax_hit" in model_output:
-                metrics["token_acc"] = token_mean(model_output["argmax_hit"].values().detach().to(mask)).item() / dp
+            if ARGMAX_HIT in model_output:
+                metrics["token_acc"] = token_mean(model_output[ARGMAX_HIT].values().detach().to(mask)).item() / dp
         return loss, metrics
 
     @staticmethod
@@ -209,35 +190,3 @@ class TokenLoss:
             return (sums / seq_tokens.clamp_min(1)).sum() * scale
 
         return seq_mean_token_mean
-
-
-@register_policy_loss("psft")
-def compute_policy_loss_psft(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """PSFT in verl's policy-loss registry (``actor.policy_loss.loss_mode=psft``).
-
-    Every response token is treated as a demonstration token (A = +1), so ``advantages`` is ignored:
-    this lets verl's PPO actor run PSFT on demonstration batches. Clip ranges come from the actor's
-    ``clip_ratio_low`` / ``clip_ratio_high`` (falling back to ``clip_ratio``).
-    """
-    clip = getattr(config, "clip_ratio", 0.2) if config is not None else 0.2
-    low = getattr(config, "clip_ratio_low", None) or clip
-    high = getattr(config, "clip_ratio_high", None) or clip
-    surrogate, ratio = psft_surrogate(log_prob, old_log_prob, low, high)
-    losses = -surrogate
-    if rollout_is_weights is not None:
-        losses = losses * rollout_is_weights
-    global_info = getattr(config, "global_batch_info", None) or {}
-    loss = agg_loss(loss_mat=losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_info)
-    mask = response_mask.bool()
-    with torch.no_grad():
-        clipfrac = (ratio[mask] > 1.0 + high).float().mean() if mask.any() else torch.zeros(())
-        ppo_kl = (old_log_prob - log_prob)[mask].mean() if mask.any() else torch.zeros(())
-    return loss, {"actor/pg_clipfrac": clipfrac.item(), "actor/ppo_kl": ppo_kl.item()}

@@ -26,11 +26,8 @@ Everything else (FSDP engine workers, checkpoints and resume, tracking) is verl'
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,10 +41,12 @@ from verl.trainer.sft_trainer_ray import SFTTrainer
 from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.dataset_utils import SFTTensorCollator
 from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
-from verl.utils.tracking import Tracking
 
 from . import reference as reference_cache
 from .losses import KL_LOSS_MODES, LOSS_MODES, METRIC_REDUCTION, TokenLoss
+from .verl_adapters.engine import WithLogitsProbe, data_parallel_size, logits_hook_meta
+from .verl_adapters.ray_bootstrap import ensure_ray
+from .verl_adapters.tracking import make_tracking
 
 
 def reduction_for(key: str, default: str) -> str:
@@ -145,27 +144,6 @@ class WithRowIndex(torch.utils.data.Dataset):
         return {**self.dataset[index], "row_index": torch.tensor([index], dtype=torch.long)}
 
 
-def ensure_ray(config: Any) -> None:
-    """Join the cluster in ``RAY_ADDRESS`` (job submission) or start a local Ray instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    # address="local": always a fresh local instance, never a stale `ray start` cluster on this host.
-    kwargs: dict[str, Any] = {"address": "local"}
-    if config.trainer.device == "cpu":
-        # verl's RayResourcePool asks max_colocate_count (10) logical CPUs per worker bundle on top
-        # of the worker's own: advertise enough logical CPUs for every worker.
-        workers = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
-        kwargs["num_cpus"] = max(os.cpu_count() or 1, 16 * workers)
-        # Ray pins each worker to OMP_NUM_THREADS=1 unless the variable is set: share the cores out.
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    ray.init(**kwargs)
-
-
 class PSFTTrainer(SFTTrainer):
     """verl's ``SFTTrainer`` with PSFT's snapshot + k mini-batch updates per step."""
 
@@ -177,21 +155,23 @@ class PSFTTrainer(SFTTrainer):
         super()._build_engine()
         cfg = self.config.psft
         self.loss_fns = {
-            mode: TokenLoss(
-                mode,
-                float(cfg.clip_ratio_low),
-                float(cfg.clip_ratio_high),
-                kl_coef=float(cfg.kl_coef),
-                kl_estimator=str(cfg.kl_estimator),
-                loss_agg_mode=str(cfg.loss_agg_mode),
+            mode: WithLogitsProbe(
+                TokenLoss(
+                    mode,
+                    float(cfg.clip_ratio_low),
+                    float(cfg.clip_ratio_high),
+                    kl_coef=float(cfg.kl_coef),
+                    kl_estimator=str(cfg.kl_estimator),
+                    loss_agg_mode=str(cfg.loss_agg_mode),
+                )
             )
             for mode in LOSS_MODES
         }
         # Forward-only passes (snapshot, metrics, validation) use a loss only for its metrics.
-        self.loss_fns["metrics"] = TokenLoss("sft")
+        self.loss_fns["metrics"] = WithLogitsProbe(TokenLoss("sft"))
         self._active_loss_mode = None
         # Asked once: on the worker group this query is a remote call to every worker.
-        self.dp_size = max(self.training_client._query_dispatch_info("train")) + 1
+        self.dp_size = data_parallel_size(self.training_client)
         # Before any checkpoint is loaded, so the workers still hold the initial weights.
         self.reference = self._reference_log_probs() if needs_reference(cfg) else None
 
@@ -272,11 +252,11 @@ class PSFTTrainer(SFTTrainer):
     def _probe_meta(self, on: bool) -> dict[str, Any]:
         """Switch the no-grad logits probe (entropy, token accuracy) of a forward on or off.
 
-        verl's FSDP engine hands the full logits to the loss object under ``distillation_use_topk``.
+        The engine's logits hook (verl_adapters/engine.py) hands the full logits to the probe.
         Fused kernels never materialise logits: there a forward-only pass computes entropy instead.
         """
         fused = bool(self.config.model.get("use_fused_kernels", False))
-        return {"distillation_use_topk": on and not fused, "calculate_entropy": False}
+        return {**logits_hook_meta(on and not fused), "calculate_entropy": False}
 
     def _balance_for_dp(self, indices: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
         """Reorder a mini-batch so each data-parallel rank gets a similar token workload."""
@@ -345,7 +325,7 @@ class PSFTTrainer(SFTTrainer):
             sub,
             compute_loss=token_metrics and not fused,
             calculate_entropy=token_metrics and fused,
-            **({"distillation_use_topk": True} if token_metrics and not fused else {}),
+            **logits_hook_meta(token_metrics and not fused),
         )
         if token_metrics and not fused:
             self._use_loss("metrics")
@@ -489,39 +469,6 @@ class PSFTTrainer(SFTTrainer):
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def _file_log_path(self) -> Path:
-        """Where verl's file logger writes (same rule as verl.utils.tracking.FileLogger)."""
-        path = os.getenv("VERL_FILE_LOGGER_PATH")
-        if path:
-            return Path(path)
-        root = Path(os.path.expanduser(os.getenv("VERL_FILE_LOGGER_ROOT", ".")))
-        return root / self.config.trainer.project_name / f"{self.config.trainer.experiment_name}.jsonl"
-
-    def _make_tracking(self, resume_step: int) -> Tracking:
-        """verl's Tracking, keeping the file log of the steps a resumed run already did.
-
-        verl's file logger truncates its file on open; on resume we write back the lines up to the
-        resumed step so the log stays one continuous record of the run.
-        """
-        kept: list[bytes] = []
-        log_path = self._file_log_path()
-        if resume_step > 0 and "file" in self.config.trainer.logger and log_path.is_file():
-            for line in log_path.read_bytes().splitlines():
-                try:
-                    if json.loads(line)["step"] <= resume_step:
-                        kept.append(line)
-                except (ValueError, KeyError):
-                    continue
-        tracking = Tracking(
-            project_name=self.config.trainer.project_name,
-            experiment_name=self.config.trainer.experiment_name,
-            default_backend=self.config.trainer.logger,
-            config=OmegaConf.to_container(self.config, resolve=True),
-        )
-        if kept:
-            tracking.logger["file"].fp.write(b"\n".join(kept) + b"\n")
-        return tracking
-
     def fit(self) -> dict[str, float] | None:
         global_step = self.resume_global_step
         if global_step and global_step % self.steps_per_epoch == 0:
@@ -529,7 +476,7 @@ class PSFTTrainer(SFTTrainer):
             # batch; restored, it would yield nothing for the next epoch and skip to the one after.
             # The next epoch starts from scratch anyway.
             self.train_dataloader.load_state_dict(self._fresh_loader_state)
-        tracking = self._make_tracking(global_step)
+        tracking = make_tracking(self.config, global_step)
         last_val = None
         start_epoch = global_step // self.steps_per_epoch
         total_epochs = max(self.config.trainer.total_epochs, -(-self.total_training_steps // self.steps_per_epoch))

@@ -1,0 +1,61 @@
+"""What the trainer needs from verl's engine workers beyond their public calls.
+
+* The data-parallel size of a worker group, from its private dispatch-info query.
+* Token accuracy and entropy need the full logits, which verl's FSDP engine never hands to a loss
+  function. Its distillation hook does: with the non-tensor flag ``distillation_use_topk`` set on a
+  batch, the engine calls the loss object once more per micro-batch as ``loss(student_logits=...,
+  data=...)`` and merges the returned per-token tensors into ``model_output``. :class:`WithLogitsProbe`
+  answers that call with :data:`~recipe.psft.losses.ARGMAX_HIT` and
+  :data:`~recipe.psft.losses.PROBE_ENTROPY`, computed without gradients (verl's own
+  ``calculate_entropy`` would keep a vocabulary-sized tensor in a training forward's graph), and
+  passes every other call to the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..losses import ARGMAX_HIT, PROBE_ENTROPY, entropy_and_argmax_hit
+
+# verl's FSDP engine: "call the loss object with the full logits" (meant for top-k distillation).
+LOGITS_HOOK_FLAG = "distillation_use_topk"
+
+
+def data_parallel_size(worker_group: Any) -> int:
+    """Data-parallel size of a verl worker group (a remote call to every worker: ask once)."""
+    return max(worker_group._query_dispatch_info("train")) + 1
+
+
+def logits_hook_meta(enabled: bool) -> dict[str, bool]:
+    """Non-tensor batch metadata that turns the engine's logits hook (token accuracy) on or off."""
+    return {LOGITS_HOOK_FLAG: enabled}
+
+
+def token_probe(logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
+    """Per token of the packed micro-batch, shaped (1, total_nnz) as the hook expects: 1.0 where the
+    logits' argmax is the next token, and the entropy of the next-token distribution (no grad)."""
+    labels = torch.roll(data["input_ids"].values(), shifts=-1, dims=0).to(logits.device)
+    entropy, hit = entropy_and_argmax_hit(logits.squeeze(0), labels)
+    return {ARGMAX_HIT: hit.unsqueeze(0), PROBE_ENTROPY: entropy.unsqueeze(0)}
+
+
+@dataclass(frozen=True)
+class WithLogitsProbe:
+    """A loss with verl's engine signature that also answers the engine's logits hook."""
+
+    loss: Callable[..., Any]
+
+    def __call__(
+        self,
+        model_output: dict | None = None,
+        data: Any = None,
+        dp_group: Any = None,
+        student_logits: torch.Tensor | None = None,
+    ):
+        if student_logits is not None:
+            return token_probe(student_logits, data)
+        return self.loss(model_output=model_output, data=data, dp_group=dp_group)
