@@ -173,6 +173,8 @@ def main() -> None:
             if round_index >= args.warmup_rounds:
                 times[name].append(elapsed)
                 peaks[name].append(read_peaks_gb(trainer))
+                peak_text = ", ".join(f"{p:.2f}" for p in peaks[name][-1])
+                print(f"token metrics {name}: {elapsed:.2f} s, peak GiB per rank {peak_text}", flush=True)
                 if name == "on":
                     assert "train/entropy" in metrics, "token metrics on, but no train/entropy"
         print(f"round {round_index + 1}/{args.warmup_rounds + args.rounds} done", flush=True)
