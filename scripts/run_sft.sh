@@ -3,4 +3,4 @@
 #
 #   MODEL=... NNODES=1 GPUS_PER_NODE=8 TRAIN_FILE=... VAL_FILE=... bash scripts/run_sft.sh [overrides...] [--dry-run]
 set -euo pipefail
-LOSS_MODE=sft exec bash "$(dirname "${BASH_SOURCE[0]}")/train.sh" "$@"
+PRESET="${PRESET:-paper_openr1_sft}" LOSS_MODE=sft exec bash "$(dirname "${BASH_SOURCE[0]}")/train.sh" "$@"

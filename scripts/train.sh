@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Launch PSFT (or a baseline) with a preset from configs/experiment/, on this node or a Ray cluster.
 #
-#   LOSS_MODE=psft|sft|dft  PRESET=paper_openr1  MODEL=/path/to/hf_model  TRAIN_FILE=...  VAL_FILE=...
+#   LOSS_MODE=psft|sft|dft|sft_kl|asft  PRESET=paper_openr1  MODEL=/path/to/hf_model  TRAIN_FILE=...  VAL_FILE=...
 #   NNODES=1  GPUS_PER_NODE=8  bash scripts/train.sh [hydra overrides...] [--dry-run]
 #
 # Multi-node: start Ray on every node first (`ray start --head` / `ray start --address=HEAD:6379`) and

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .losses import LOSS_MODES
+from .losses import LOSS_AGG_MODES, LOSS_MODES, kl_estimate
 
 # verl's data.truncation policies (applied per row by the dataset).
 TRUNCATION_MODES = ("error", "left", "right")
@@ -22,6 +22,26 @@ def check_loss_mode(loss_mode: str) -> None:
         raise ConfigError(f"psft.loss_mode={loss_mode!r}: expected one of {', '.join(LOSS_MODES)}")
 
 
+def check_loss_agg_mode(loss_agg_mode: str) -> None:
+    """psft.loss_agg_mode must name one of ``losses.LOSS_AGG_MODES`` (verl's names)."""
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ConfigError(f"psft.loss_agg_mode={loss_agg_mode!r}: expected one of {', '.join(LOSS_AGG_MODES)}")
+
+
+def check_kl_estimator(name: str) -> None:
+    """psft.kl_estimator must be a per-token estimator verl's ``kl_penalty`` knows (tried on a probe)."""
+    import torch
+
+    probe = torch.zeros(2)
+    try:
+        kl_estimate(probe, probe, name)
+    except NotImplementedError:
+        raise ConfigError(
+            f"psft.kl_estimator={name!r}: verl's kl_penalty has no such per-token estimator; use one of "
+            "k1 (kl), k2 (mse), k3 (low_var_kl), abs, or a straight-through form such as k3+"
+        ) from None
+
+
 def _files(value: Any) -> list[str]:
     if value is None:
         return []
@@ -35,6 +55,23 @@ def check_config(config: Any) -> None:
     psft, data, trainer = config.psft, config.data, config.trainer
 
     check_loss_mode(psft.loss_mode)
+
+    check_loss_agg_mode(psft.loss_agg_mode)
+    if psft.snapshot not in ("step", "initial"):
+        raise ConfigError(f"psft.snapshot={psft.snapshot!r}: expected step or initial")
+    if psft.snapshot == "initial" and psft.loss_mode != "psft":
+        raise ConfigError(
+            f"psft.snapshot=initial sets PSFT's old policy, but psft.loss_mode={psft.loss_mode}: "
+            "use psft.loss_mode=psft, or psft.snapshot=step"
+        )
+    check_kl_estimator(str(psft.kl_estimator))
+    if float(psft.kl_coef) < 0:
+        raise ConfigError(f"psft.kl_coef={psft.kl_coef}: must be >= 0 (the paper's SFT-KL uses 0.5)")
+    if psft.update_token_metrics and config.model.get("use_fused_kernels", False):
+        raise ConfigError(
+            "psft.update_token_metrics=true needs the logits of training forwards, which "
+            "model.use_fused_kernels=true never materialises: turn one of them off"
+        )
 
     batch, mini = int(data.train_batch_size), int(psft.mini_batch_size)
     if batch <= 0 or mini <= 0:

@@ -1,21 +1,33 @@
-"""PSFT, SFT and DFT token losses for verl's engine workers.
+"""PSFT and its baselines as token losses for verl's engine workers.
 
 PSFT (arXiv 2508.17784) reads SFT as a policy gradient with advantage A = +1 on every demonstration
 token and adds PPO's trust region. With r = pi_theta(y_t) / pi_old(y_t) (pi_old: the frozen snapshot
-taken at the start of the training step),
+taken at the start of the training step, or the initial model with ``psft.snapshot=initial``),
 
-    L_psft = - mean over loss tokens of  min(r, clip(r, 1 - eps_low, 1 + eps_high))
+    L_psft   = - mean over loss tokens of  min(r, clip(r, 1 - eps_low, 1 + eps_high))
 
 Because A > 0 only the upper clip binds: a token with r > 1 + eps_high contributes no gradient; any
 other token gets -r * grad log p. At r = 1 this is exactly SFT's gradient.
 
-    L_sft  = - mean log p(y_t)                       (negative log-likelihood)
-    L_dft  = - mean sg(p(y_t)) * log p(y_t)          (Dynamic Fine-Tuning, Wu et al. 2025)
+    L_sft    = - mean log p(y_t)                           (negative log-likelihood)
+    L_dft    = - mean sg(p(y_t)) * log p(y_t)              (Dynamic Fine-Tuning, Wu et al. 2025)
+    L_sft_kl = L_sft + kl_coef * mean KL_est(pi_theta || pi_ref)   (the paper's SFT-KL baseline)
+    L_asft   = L_dft + kl_coef * mean KL_est(pi_theta || pi_ref)   (anchored SFT: DFT + the same KL)
 
-Every mean is over the loss tokens of the whole mini-batch on all data-parallel ranks (verl's
-``batch_num_tokens``), so the gradient does not depend on how a mini-batch is cut into micro-batches
-or ranks. The engine sums the micro-batch losses and averages gradients over ranks, hence the
-``* dp_size`` below, exactly as verl's own ``sft_loss``.
+pi_ref is the initial model; KL_est is one of verl's per-token estimators (``kl_penalty``: k1, k2,
+k3/low_var_kl, abs, ... and the straight-through "+" forms) evaluated on the demonstration tokens.
+
+Aggregation (``loss_agg_mode``, verl's names):
+
+* ``token-mean``: mean over the loss tokens of the whole mini-batch on all data-parallel ranks (verl's
+  ``batch_num_tokens``);
+* ``seq-mean-token-mean``: each sequence's token mean, averaged over the sequences of the whole
+  mini-batch (``batch_num_sequences``, counted by the driver over all ranks).
+
+Either way the gradient does not depend on how a mini-batch is cut into micro-batches or ranks: the
+engine sums the micro-batch losses and averages gradients over ranks, hence the ``* dp_size`` below,
+exactly as verl's own ``sft_loss``. Logged metrics are always global token means, whatever the loss's
+aggregation, so runs with different settings stay comparable.
 """
 
 from __future__ import annotations
@@ -24,16 +36,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from verl.trainer.ppo.core_algos import kl_penalty  # verl's public per-token KL estimators
 
-LOSS_MODES = ("psft", "sft", "dft")
+LOSS_MODES = ("psft", "sft", "dft", "sft_kl", "asft")
+KL_LOSS_MODES = ("sft_kl", "asft")  # modes with a KL penalty to the reference (initial) model
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 
 # How the driver reduces each per-micro-batch metric over micro-batches, ranks and mini-batches.
 # "sum": values are already divided by the global token count, so their sum is the global mean.
 METRIC_REDUCTION = {"ratio_max": "max", "ratio_min": "min"}
 
-# Optional per-token input of the loss, in ``model_output``: 1.0 where the logits' argmax is the next
-# token (filled by the engine's logits hook, see verl_adapters/engine.py); gives the token_acc metric.
+# Optional per-token inputs of the loss, in ``model_output``, filled without gradients by the engine's
+# logits hook (see verl_adapters/engine.py): 1.0 where the logits' argmax is the next token (the
+# token_acc metric), and the token's entropy (the entropy metric).
 ARGMAX_HIT = "argmax_hit"
+PROBE_ENTROPY = "probe_entropy"
+
+# Rows of logits handled at once by the no-grad metrics probe: bounds its temporary memory to
+# two [rows, vocab] float tensors (about 0.6 GB each at a 151k vocabulary in fp32).
+PROBE_CHUNK_ROWS = 1024
 
 
 def psft_surrogate(
@@ -45,24 +66,55 @@ def psft_surrogate(
     return torch.minimum(ratio, clipped), ratio
 
 
+def kl_estimate(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) by one of verl's ``kl_penalty`` estimators."""
+    return kl_penalty(log_prob, ref_log_prob, estimator)
+
+
+@torch.no_grad()
+def entropy_and_argmax_hit(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token entropy of softmax(logits) and whether argmax == label, without autograd.
+
+    Chunked over rows so the temporaries stay small; nothing vocabulary-sized outlives a chunk.
+    """
+    entropy = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    hit = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, logits.shape[0], PROBE_CHUNK_ROWS):
+        chunk = logits[start : start + PROBE_CHUNK_ROWS].float()
+        log_z = torch.logsumexp(chunk, dim=-1)
+        probs = torch.softmax(chunk, dim=-1)
+        entropy[start : start + PROBE_CHUNK_ROWS] = log_z - (probs * chunk).sum(dim=-1)
+        hit[start : start + PROBE_CHUNK_ROWS] = (
+            chunk.argmax(dim=-1) == labels[start : start + PROBE_CHUNK_ROWS]
+        ).float()
+    return entropy, hit
+
+
 @dataclass(frozen=True)
 class TokenLoss:
     """A loss with verl's engine signature ``(model_output, data, dp_group) -> (loss, metrics)``.
 
-    ``data`` may carry ``old_log_probs`` (snapshot log-probs, a nested tensor like ``input_ids``).
-    Without them the ratio is taken against the current log-probs, detached: r == 1 exactly, which
-    is what the snapshot gives on the first update of a step (the weights have not moved yet).
+    ``data`` may carry ``old_log_probs`` (the snapshot's log-probs) and ``ref_log_probs`` (the
+    initial model's), nested tensors like ``input_ids``. Without old log-probs the ratio is taken
+    against the current log-probs, detached: r == 1 exactly, which is what the snapshot gives on the
+    first update of a step (the weights have not moved yet). With reference log-probs the KL to the
+    reference is logged as a metric in every mode, and added to the loss in sft_kl / asft.
     """
 
     mode: str = "psft"
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
+    kl_coef: float = 0.5
+    kl_estimator: str = "low_var_kl"
+    loss_agg_mode: str = "token-mean"
 
     def __post_init__(self) -> None:
         # Imported here: config_checks imports LOSS_MODES from this module.
-        from .config_checks import check_loss_mode
+        from .config_checks import check_kl_estimator, check_loss_agg_mode, check_loss_mode
 
         check_loss_mode(self.mode)
+        check_loss_agg_mode(self.loss_agg_mode)
+        check_kl_estimator(self.kl_estimator)
 
     def __call__(self, model_output: dict, data: Any, dp_group: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
         return self._loss(model_output, data)
@@ -71,22 +123,31 @@ class TokenLoss:
         log_prob = model_output["log_probs"].values()
         # The loss mask marks demonstration tokens; log_probs[t] scores token t + 1, so shift by one.
         mask = torch.roll(data["loss_mask"].values(), shifts=-1, dims=0).to(log_prob.dtype)
-        scale = data["dp_size"] / data["batch_num_tokens"]
+        dp = data["dp_size"]
+        scale = dp / data["batch_num_tokens"]
 
         def token_mean(values: torch.Tensor) -> torch.Tensor:
             return (values * mask).sum() * scale
 
+        aggregate = token_mean if self.loss_agg_mode == "token-mean" else self._seq_mean_token_mean(data, mask)
+
         old = data["old_log_probs"].values().to(log_prob) if "old_log_probs" in data.keys() else log_prob.detach()
+        ref = data["ref_log_probs"].values().to(log_prob) if "ref_log_probs" in data.keys() else None
         surrogate, ratio = psft_surrogate(log_prob, old, self.clip_ratio_low, self.clip_ratio_high)
         if self.mode == "psft":
-            loss = -token_mean(surrogate)
-        elif self.mode == "sft":
-            loss = -token_mean(log_prob)
-        else:  # dft
-            loss = -token_mean(log_prob.detach().exp() * log_prob)
+            loss = -aggregate(surrogate)
+        elif self.mode in ("sft", "sft_kl"):
+            loss = -aggregate(log_prob)
+        else:  # dft, asft
+            loss = -aggregate(log_prob.detach().exp() * log_prob)
+        kl = kl_estimate(log_prob, ref, self.kl_estimator) if ref is not None else None
+        if self.mode in KL_LOSS_MODES:
+            if kl is None:
+                raise ValueError(f"psft.loss_mode={self.mode} needs the reference log-probs (ref_log_probs)")
+            loss = loss + self.kl_coef * aggregate(kl)
 
         # Metrics: divided by dp_size again so a plain sum over micro-batches and ranks is the mean.
-        dp = float(data["dp_size"])
+        dp = float(dp)
         with torch.no_grad():
             on = mask.bool()
             ratio_on = ratio.detach()[on]
@@ -99,8 +160,33 @@ class TokenLoss:
                 "ratio_min": ratio_on.min().item() if ratio_on.numel() else 1.0,
                 "loss_tokens": float(mask.sum().item()),
             }
-            if "entropy" in model_output:
-                metrics["entropy"] = token_mean(model_output["entropy"].values().detach()).item() / dp
+            if kl is not None:
+                metrics["kl"] = token_mean(kl.detach()).item() / dp
+            entropy = model_output.get(PROBE_ENTROPY, model_output.get("entropy"))
+            if entropy is not None:
+                metrics["entropy"] = token_mean(entropy.values().detach().to(mask)).item() / dp
             if ARGMAX_HIT in model_output:
-                metrics["token_acc"] = token_mean(model_output[ARGMAX_HIT].values().detach()).item() / dp
+                metrics["token_acc"] = token_mean(model_output[ARGMAX_HIT].values().detach().to(mask)).item() / dp
         return loss, metrics
+
+    @staticmethod
+    def _seq_mean_token_mean(data: Any, mask: torch.Tensor):
+        """Aggregation by verl's ``seq-mean-token-mean``, exact under any micro-batch / rank split.
+
+        Each sequence's masked token sum is divided by its own token count, then summed and divided
+        by the number of sequences with loss tokens in the whole mini-batch on all ranks
+        (``batch_num_sequences``, set by the driver, like ``batch_num_tokens`` is for tokens).
+        """
+        offsets = data["loss_mask"].offsets().to(mask.device)
+        lengths = offsets.diff()
+        seq_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=mask.device), lengths)
+        seq_tokens = torch.zeros(len(lengths), dtype=mask.dtype, device=mask.device).index_add_(0, seq_of_token, mask)
+        scale = data["dp_size"] / data["batch_num_sequences"]
+
+        def seq_mean_token_mean(values: torch.Tensor) -> torch.Tensor:
+            sums = torch.zeros(len(lengths), dtype=values.dtype, device=values.device).index_add(
+                0, seq_of_token, values * mask
+            )
+            return (sums / seq_tokens.clamp_min(1)).sum() * scale
+
+        return seq_mean_token_mean

@@ -12,6 +12,15 @@ The first update of a step runs on the snapshot's own weights, so its old log-pr
 ones, detached: with ``psft.skip_first_snapshot`` they are not computed. With k = 1 and one pass no
 snapshot pass runs at all and PSFT costs exactly what SFT costs.
 
+Runs with a reference (SFT-KL, ASFT, ``psft.snapshot=initial``, ``psft.log_kl``) get the initial
+model's log-probs of the whole training set once, before step 1 (``recipe/psft/reference.py``).
+
+``train/entropy`` and ``train/token_acc`` are the step-start (snapshot) policy's, over the whole
+batch's demonstration tokens, without gradients, as the original measures ``actor/entropy``: taken in
+the forward-only pass (the snapshot pass, or a metrics-only pass in modes without one), and for the
+rows of the first mini-batch from their first training forward (which runs on the step-start weights)
+through a no-grad logits probe.
+
 Everything else (FSDP engine workers, checkpoints and resume, tracking) is verl's.
 """
 
@@ -23,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from tensordict.tensorclass import NonTensorData
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -33,11 +43,12 @@ from verl.utils.checkpoint import OrchestrationMode
 from verl.utils.dataset.dataset_utils import SFTTensorCollator
 from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
 
+from . import reference as reference_cache
 from .checkpoints import ResumePlan, resolve_resume
 from .config_checks import check_sizes
 from .divergence import DivergenceGuard
 from .exit_codes import AlreadyFinished, Diverged, Preempted, WorkerLost
-from .losses import LOSS_MODES, METRIC_REDUCTION, TokenLoss
+from .losses import KL_LOSS_MODES, LOSS_MODES, METRIC_REDUCTION, TokenLoss
 from .preemption import PreemptionGuard
 from .run_identity import run_identity
 from .verl_adapters.engine import WithLogitsProbe, data_parallel_size, logits_hook_meta
@@ -113,6 +124,33 @@ def rows_needing_snapshot(schedule: list[torch.Tensor], skip_first: bool) -> tor
     return torch.unique(torch.cat(needed))
 
 
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def needs_reference(psft: Any) -> bool:
+    """Whether a run needs the initial model's log-probs of the training set."""
+    return psft.loss_mode in KL_LOSS_MODES or psft.get("snapshot", "step") == "initial" or bool(psft.get("log_kl"))
+
+
+def shifted_loss_mask(loss_mask: torch.Tensor) -> torch.Tensor:
+    """A row's loss mask aligned with its log-probs (log_probs[t] scores token t + 1), as the loss does."""
+    return torch.cat([loss_mask[1:], loss_mask.new_zeros(1)])
+
+
+class WithRowIndex(torch.utils.data.Dataset):
+    """The training dataset with each item's row number (``row_index``), to look up per-row caches."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {**self.dataset[index], "row_index": torch.tensor([index], dtype=torch.long)}
+
+
 class PSFTTrainer(SFTTrainer):
     """verl's ``SFTTrainer`` with PSFT's snapshot + k mini-batch updates per step."""
 
@@ -157,12 +195,25 @@ class PSFTTrainer(SFTTrainer):
         super()._build_engine()
         cfg = self.config.psft
         self.loss_fns = {
-            mode: WithLogitsProbe(TokenLoss(mode, float(cfg.clip_ratio_low), float(cfg.clip_ratio_high)))
+            mode: WithLogitsProbe(
+                TokenLoss(
+                    mode,
+                    float(cfg.clip_ratio_low),
+                    float(cfg.clip_ratio_high),
+                    kl_coef=float(cfg.kl_coef),
+                    kl_estimator=str(cfg.kl_estimator),
+                    loss_agg_mode=str(cfg.loss_agg_mode),
+                )
+            )
             for mode in LOSS_MODES
         }
+        # Forward-only passes (snapshot, metrics, validation) use a loss only for its metrics.
+        self.loss_fns["metrics"] = WithLogitsProbe(TokenLoss("sft"))
         self._active_loss_mode = None
         # Asked once: on the worker group this query is a remote call to every worker.
         self.dp_size = data_parallel_size(self.training_client)
+        # Before any checkpoint is loaded, so the workers still hold the initial weights.
+        self.reference = self._reference_log_probs() if needs_reference(cfg) else None
 
     def _build_ckpt_handler(self) -> None:
         from .verl_adapters.checkpoint_handler import TrustedCheckpointHandler
@@ -193,7 +244,7 @@ class PSFTTrainer(SFTTrainer):
             self.train_dataset, shuffle=True, num_replicas=1, rank=0, drop_last=True, seed=config.trainer.seed
         )
         self.train_dataloader = StatefulDataLoader(
-            dataset=self.train_dataset,
+            dataset=WithRowIndex(self.train_dataset),
             batch_size=self.global_batch_size,
             sampler=self.train_sampler,
             collate_fn=self.collate_fn,
@@ -244,17 +295,25 @@ class PSFTTrainer(SFTTrainer):
         }
 
     def _train_meta(self) -> dict[str, Any]:
-        token_metrics = bool(self.config.psft.token_metrics)
         return {
             **self._base_meta(),
             "use_dynamic_bsz": self.config.data.use_dynamic_bsz,
             "max_token_len_per_gpu": self.config.data.max_token_len_per_gpu,
             "micro_batch_size_per_gpu": self.config.data.micro_batch_size_per_gpu,
             "global_batch_size": self.config.psft.mini_batch_size,
-            "calculate_entropy": token_metrics,
-            # Token accuracy needs the full logits, which fused kernels never materialise.
-            **logits_hook_meta(token_metrics and not self.config.model.get("use_fused_kernels", False)),
+            # Token metrics come from the no-grad logits probe (see _probe_meta), never from verl's
+            # calculate_entropy, which would keep a vocabulary-sized tensor in the training graph.
+            "calculate_entropy": False,
         }
+
+    def _probe_meta(self, on: bool) -> dict[str, Any]:
+        """Switch the no-grad logits probe (entropy, token accuracy) of a forward on or off.
+
+        The engine's logits hook (verl_adapters/engine.py) hands the full logits to the probe.
+        Fused kernels never materialise logits: there a forward-only pass computes entropy instead.
+        """
+        fused = bool(self.config.model.get("use_fused_kernels", False))
+        return {**logits_hook_meta(on and not fused), "calculate_entropy": False}
 
     def _balance_for_dp(self, indices: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
         """Reorder a mini-batch so each data-parallel rank gets a similar token workload."""
@@ -264,22 +323,89 @@ class PSFTTrainer(SFTTrainer):
         partitions = get_seqlen_balanced_partitions(workload, k_partitions=self.dp_size, equal_size=True)
         return indices[torch.tensor([j for part in partitions for j in sorted(part)])]
 
-    def _snapshot_log_probs(self, batch, rows: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Forward-only pass of the current weights (the step's snapshot) over ``rows``."""
+    # --- reference log-probs (once per run) ----------------------------------------------------
+
+    def _reference_identity(self) -> dict[str, Any]:
+        engine = self.config.engine
+        return {
+            "model": reference_cache.model_fingerprint(self.model_config.local_path or self.config.model.path),
+            "data": reference_cache.data_fingerprint(self.train_dataset),
+            # What else changes the numbers: the engine's dtypes and the attention/padding path.
+            "numerics": {
+                "strategy": str(engine.get("strategy")),
+                "model_dtype": str(engine.get("model_dtype")),
+                "dtype": str(engine.get("dtype")),
+                "mixed_precision": _plain(engine.get("mixed_precision")),
+                "use_remove_padding": bool(self.config.model.use_remove_padding),
+                "override_config": _plain(self.config.model.get("override_config")),
+            },
+        }
+
+    def _reference_log_probs(self) -> reference_cache.ReferenceLogProbs:
+        """The initial model's log-probs of every training row: loaded if stored for this model and
+        data, else computed with one forward-only pass (the workers hold the initial weights now)."""
+        identity = self._reference_identity()
+        path = reference_cache.cache_file(self.config.trainer.default_local_dir, identity)
+        cached = reference_cache.load(path, identity)
+        if cached is not None:
+            print(f"reference log-probs: reusing {path} ({len(cached)} rows)")
+            self.reference_pass_time_s = 0.0
+            return cached
+        start = time.perf_counter()
+        dataset, rows = self.train_dataset, []
+        chunk = max(self.dp_size, int(self.config.data.train_batch_size) // self.dp_size * self.dp_size)
+        self._use_loss("metrics")
+        for first in tqdm(range(0, len(dataset), chunk), desc="reference log-probs"):
+            indices = list(range(first, min(len(dataset), first + chunk)))
+            padded = indices + [indices[0]] * (-len(indices) % self.dp_size)  # every rank gets rows
+            batch = tu.get_tensordict(
+                tensor_dict=self.collate_fn([dataset[i] for i in padded]), non_tensor_dict=self._base_meta()
+            )
+            tu.assign_non_tensor(batch, compute_loss=False, calculate_entropy=False)
+            output = self.training_client.infer_batch(batch).get()
+            rows.extend(lp.detach().float() for lp in tu.get(output, "log_probs").unbind()[: len(indices)])
+        result = reference_cache.ReferenceLogProbs.from_rows(rows)
+        reference_cache.save(path, result, identity)
+        self.reference_pass_time_s = time.perf_counter() - start
+        print(f"reference log-probs: {len(rows)} rows in {self.reference_pass_time_s:.1f} s, stored in {path}")
+        return result
+
+    # --- one PSFT step --------------------------------------------------------------------------
+
+    def _forward_pass(self, batch, rows: torch.Tensor, token_metrics: bool) -> dict[str, dict[int, torch.Tensor]]:
+        """Forward-only pass of the current weights (the step's snapshot) over ``rows``: per-row
+        log-probs and, with ``token_metrics``, per-token entropy and argmax hits (no grad)."""
         sub = tu.index_select_tensor_dict(batch, rows)
         # Only the base keys: the worker fills in the engine's inference micro-batch settings.
-        tu.assign_non_tensor(sub, compute_loss=False, calculate_entropy=False)
+        fused = bool(self.config.model.get("use_fused_kernels", False))
+        tu.assign_non_tensor(
+            sub,
+            compute_loss=token_metrics and not fused,
+            calculate_entropy=token_metrics and fused,
+            **logits_hook_meta(token_metrics and not fused),
+        )
+        if token_metrics and not fused:
+            self._use_loss("metrics")
         output = self.training_client.infer_batch(sub).get()
-        log_probs = tu.get(output, "log_probs")
-        return {int(row): lp.detach().float() for row, lp in zip(rows.tolist(), log_probs.unbind(), strict=True)}
+        result = {}
+        names = {"log_probs": "log_probs", "probe_entropy": "entropy", "entropy": "entropy", "argmax_hit": "token_acc"}
+        for key, name in names.items():
+            if key in output.keys():
+                values = tu.get(output, key).unbind()
+                result[name] = {int(r): v.detach().float() for r, v in zip(rows.tolist(), values, strict=True)}
+        return result
 
     def train_step(self, batch, step: int) -> dict[str, float]:
         """Snapshot + k mini-batch updates (x epochs) on one global batch; returns step metrics."""
         cfg = self.config.psft
         mode = "sft" if step <= int(cfg.sft_warmup_steps) else cfg.loss_mode
-        self._use_loss(mode)
+        row_ids = batch["row_index"].values().tolist() if "row_index" in batch.keys() else None
+        batch = batch.exclude("row_index")
+        if self.reference is not None and row_ids is None:
+            raise ValueError("this run needs reference log-probs, but the batch has no row_index (WithRowIndex)")
         batch_size = batch.batch_size[0]
         seqlens = self._get_batch_seqlens(batch).tolist()
+        masks = [shifted_loss_mask(m) for m in batch["loss_mask"].unbind()]
         schedule = update_schedule(
             batch_size,
             int(cfg.mini_batch_size),
@@ -287,40 +413,94 @@ class PSFTTrainer(SFTTrainer):
             bool(cfg.shuffle_mini_batches),
             seed=int(self.config.trainer.seed) * 1_000_003 + step,
         )
+        snapshot = mode == "psft" and cfg.snapshot == "step"
+        skip_first = bool(cfg.skip_first_snapshot)
+        token_metrics = bool(cfg.token_metrics)
+        fused = bool(self.config.model.get("use_fused_kernels", False))
+        first_rows = set(schedule[0].tolist())
 
-        snapshot_time, old_log_probs = 0.0, {}
-        if mode == "psft":
-            rows = rows_needing_snapshot(schedule, skip_first=bool(cfg.skip_first_snapshot))
-            if len(rows):
-                start = time.perf_counter()
-                old_log_probs = self._snapshot_log_probs(batch, rows)
-                snapshot_time = time.perf_counter() - start
+        # One forward-only pass at the step-start weights: the snapshot's log-probs, and the token
+        # metrics of every row whose first training forward does not run on these weights.
+        pass_rows = set(rows_needing_snapshot(schedule, skip_first).tolist()) if snapshot else set()
+        if token_metrics and bool(cfg.batch_entropy):
+            # Fused kernels never show the probe the logits: the pass measures the first rows too.
+            pass_rows |= set(range(batch_size)) - (set() if fused else first_rows)
+        probe_first = token_metrics and not fused and not first_rows <= pass_rows
+        pass_time, forward = 0.0, {}
+        if pass_rows:
+            start = time.perf_counter()
+            forward = self._forward_pass(batch, torch.tensor(sorted(pass_rows)), token_metrics)
+            pass_time = time.perf_counter() - start
+        old_log_probs = forward.get("log_probs", {}) if snapshot else {}
 
+        self._use_loss(mode)
         per_update: dict[str, list[float]] = defaultdict(list)
         train_meta = self._train_meta()
+        first_update: dict[str, float] = {}
         for update, indices in enumerate(schedule):
             indices = self._balance_for_dp(indices, seqlens)
+            rows = indices.tolist()
             mini_batch = tu.index_select_tensor_dict(batch, indices)
-            if mode == "psft" and (update > 0 or not cfg.skip_first_snapshot):
+            if snapshot and (update > 0 or not skip_first):
                 mini_batch["old_log_probs"] = torch.nested.as_nested_tensor(
-                    [old_log_probs[i] for i in indices.tolist()], layout=torch.jagged
+                    [old_log_probs[i] for i in rows], layout=torch.jagged
                 )
+            if self.reference is not None:
+                ref = self.reference.rows([row_ids[i] for i in rows])
+                mini_batch["ref_log_probs"] = ref
+                if mode == "psft" and cfg.snapshot == "initial":
+                    mini_batch["old_log_probs"] = ref
+            probe = token_metrics and (bool(cfg.update_token_metrics) or (update == 0 and probe_first))
             tu.assign_non_tensor(
                 mini_batch,
-                **train_meta,
+                **{**train_meta, **self._probe_meta(probe)},
+                batch_num_sequences=sum(int(masks[i].any()) for i in rows),
                 update_lr_scheduler=update == len(schedule) - 1,
-                global_token_num=NonTensorData([seqlens[i] for i in indices.tolist()]),
+                global_token_num=NonTensorData([seqlens[i] for i in rows]),
             )
-            metrics = tu.get(self.training_client.train_batch(mini_batch).get(), "metrics")
-            self.divergence.check_update(step, update, metrics)
-            for key, value in update_metrics(metrics).items():
+            raw_metrics = tu.get(self.training_client.train_batch(mini_batch).get(), "metrics")
+            self.divergence.check_update(step, update, raw_metrics)
+            metrics = update_metrics(raw_metrics)
+            if update == 0 and probe_first:
+                first_update = {k: metrics[k] for k in ("entropy", "token_acc", "loss_tokens") if k in metrics}
+            for name in ("entropy", "token_acc"):
+                if name in metrics:
+                    value = metrics.pop(name)
+                    if cfg.update_token_metrics:
+                        metrics[f"update_{name}"] = value
+            for key, value in metrics.items():
                 per_update[key].append(value)
 
         result = step_metrics(per_update)
+        result.update(
+            self._step_start_token_metrics(forward, masks, first_update, first_rows if probe_first else set())
+        )
         result["train/psft_active"] = float(mode == "psft")
         result["train/global_tokens"] = float(sum(seqlens))
-        result["perf/snapshot_time_s"] = snapshot_time
+        result["perf/snapshot_time_s"] = pass_time
         result["perf/snapshot_rows"] = len(old_log_probs)
+        result["perf/forward_pass_rows"] = len(pass_rows)
+        return result
+
+    @staticmethod
+    def _step_start_token_metrics(
+        forward: dict[str, dict[int, torch.Tensor]],
+        masks: list[torch.Tensor],
+        first_update: dict[str, float],
+        first_rows: set[int],
+    ) -> dict[str, float]:
+        """train/entropy and train/token_acc over the whole batch at the step-start weights: the
+        forward-only pass's rows plus (token-weighted) the first update's rows when it was probed."""
+        result = {}
+        for name in ("entropy", "token_acc"):
+            per_row = forward.get(name, {})
+            total = sum(float((per_row[r] * masks[r]).sum()) for r in per_row if r not in first_rows)
+            tokens = sum(float(masks[r].sum()) for r in per_row if r not in first_rows)
+            if name in first_update:
+                total += first_update[name] * first_update["loss_tokens"]
+                tokens += first_update["loss_tokens"]
+            if tokens:
+                result[f"train/{name}"] = total / tokens
         return result
 
     # --- validation --------------------------------------------------------------------------
@@ -328,7 +508,10 @@ class PSFTTrainer(SFTTrainer):
     def validate(self) -> dict[str, float]:
         """Teacher-forced NLL, entropy and token accuracy of the demonstrations of the val set."""
         totals: dict[str, float] = defaultdict(float)
-        meta = {**self._base_meta(), "calculate_entropy": True, **logits_hook_meta(True)}
+        meta = {**self._base_meta(), **self._probe_meta(True)}
+        if self.config.model.get("use_fused_kernels", False):
+            meta["calculate_entropy"] = True  # forward-only: no graph to keep
+        self._use_loss("metrics")
         for val_data in self.val_dataloader:
             batch = tu.get_tensordict(tensor_dict=val_data, non_tensor_dict=meta)
             output = self.training_client.infer_batch(batch).get()

@@ -32,20 +32,32 @@ def max_relative_difference(a: dict, b: dict) -> float:
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
 
 
-def test_psft_with_one_update_per_step_is_sft(tiny_model, toy_data, tmp_path):
+def test_psft_with_one_update_per_step_and_sft_kl_without_kl_are_sft(tiny_model, toy_data, tmp_path):
     runs = {}
-    for mode in ("sft", "psft"):
-        out = tmp_path / mode
-        runs[mode] = run_trainer(out, base_overrides(tiny_model, toy_data["train16"], out) + [f"psft.loss_mode={mode}"])
-        assert_ok(runs[mode])
-    sft, psft = runs["sft"].series("train/loss"), runs["psft"].series("train/loss")
-    assert len(sft) == len(psft) == 3
+    for name, extra in {
+        "sft": ["psft.loss_mode=sft"],
+        "psft": ["psft.loss_mode=psft"],
+        "sft_kl0": ["psft.loss_mode=sft_kl", "psft.kl_coef=0"],
+    }.items():
+        out = tmp_path / name
+        runs[name] = run_trainer(out, base_overrides(tiny_model, toy_data["train16"], out) + extra)
+        assert_ok(runs[name])
+    sft = runs["sft"].series("train/loss")
+    assert len(sft) == 3
     assert sft[-1] < sft[0]  # it learns
-    for a, b in zip(psft, sft, strict=True):
-        assert abs(a - b) <= 1e-6 * abs(b)
+    for other in ("psft", "sft_kl0"):
+        for a, b in zip(runs[other].series("train/loss"), sft, strict=True):
+            assert abs(a - b) <= 1e-6 * abs(b)
+        assert max_relative_difference(runs[other].final_weights(), runs["sft"].final_weights()) <= 1e-6
     assert runs["psft"].series("train/updates") == [1, 1, 1]
     assert runs["psft"].series("perf/snapshot_rows") == [0, 0, 0]  # k = 1: no snapshot pass at all
-    assert max_relative_difference(runs["psft"].final_weights(), runs["sft"].final_weights()) <= 1e-6
+
+    # SFT-KL logs its KL to the initial model: 0 while the policy is the initial model, then positive.
+    kl = runs["sft_kl0"].series("train/kl")
+    assert len(kl) == 3 and abs(kl[0]) < 1e-7 and min(kl[1:]) > 1e-6
+    assert "train/kl" not in {k for e in runs["sft"].log for k in e["data"]}  # no reference, no KL
+    # Same initial weights, same first batch: the same step-start entropy (k = 1: from the probe).
+    assert runs["sft_kl0"].series("train/entropy")[0] == pytest.approx(runs["sft"].series("train/entropy")[0], rel=1e-6)
 
 
 def test_psft_four_updates_clips_and_logs_every_metric(tiny_model, toy_data, tmp_path):
@@ -87,7 +99,9 @@ def test_dft_and_sft_warmup_run(tiny_model, toy_data, tmp_path, extra, expected_
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, logged
 
 
-def test_loss_does_not_depend_on_micro_batch_size(tiny_model, toy_data, tmp_path):
+def test_seq_mean_token_mean_loss_does_not_depend_on_micro_batch_size(tiny_model, toy_data, tmp_path):
+    # Per-sequence means need the mini-batch's global sequence count: the harder case (token-mean's
+    # invariance is checked at loss level in tests/unit).
     runs = []
     for micro in (1, 4):
         out = tmp_path / f"micro{micro}"
@@ -97,6 +111,7 @@ def test_loss_does_not_depend_on_micro_batch_size(tiny_model, toy_data, tmp_path
             "data.use_dynamic_bsz=false",
             f"data.micro_batch_size_per_gpu={micro}",
             "trainer.total_training_steps=2",
+            "psft.loss_agg_mode=seq-mean-token-mean",
         ]
         runs.append(run_trainer(out, overrides))
         assert_ok(runs[-1])

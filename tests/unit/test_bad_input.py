@@ -112,10 +112,19 @@ def test_mini_batch_that_does_not_divide_the_batch(tiny_model, toy_data):
         ("psft.clip_ratio_high=0", "psft.clip_ratio_high=0"),
         ("trainer.n_gpus_per_node=3", "data-parallel size 3"),
         ("psft.loss_mode=ppo", "psft.loss_mode='ppo'"),
+        ("psft.loss_agg_mode=seq-mean-token-sum", "psft.loss_agg_mode='seq-mean-token-sum'"),
+        ("psft.snapshot=never", "psft.snapshot='never'"),
+        ("psft.kl_estimator=full", "psft.kl_estimator='full'"),
+        ("psft.kl_coef=-1", "psft.kl_coef=-1"),
     ],
 )
 def test_invalid_config_values(tiny_model, toy_data, override, fragment):
     expect_failure(compose_config(tiny_model, toy_data["train16"], override), ConfigError, fragment)
+
+
+def test_initial_snapshot_outside_psft_names_both_keys(tiny_model, toy_data):
+    config = compose_config(tiny_model, toy_data["train16"], "psft.snapshot=initial", "psft.loss_mode=sft_kl")
+    expect_failure(config, ConfigError, "psft.snapshot=initial", "psft.loss_mode=sft_kl")
 
 
 def test_missing_train_file(tiny_model, tmp_path):

@@ -43,8 +43,17 @@ def test_shellcheck_clean():
     assert proc.returncode == 0, proc.stdout
 
 
-@pytest.mark.parametrize(("script", "mode"), [("run_psft.sh", "psft"), ("run_sft.sh", "sft")])
-def test_cluster_training_scripts_use_the_papers_setting(script, mode, tmp_path):
+BASELINES = [
+    ("run_psft.sh", "psft", {}),
+    ("run_sft.sh", "sft", {}),
+    ("run_sft_kl.sh", "sft_kl", {"kl_coef": 0.5, "kl_estimator": "low_var_kl"}),
+    ("run_psft_warmup.sh", "psft", {"sft_warmup_steps": 178}),
+    ("run_psft_initial_snapshot.sh", "psft", {"snapshot": "initial"}),
+]
+
+
+@pytest.mark.parametrize(("script", "mode", "psft_keys"), BASELINES, ids=[b[0] for b in BASELINES])
+def test_cluster_training_scripts_use_the_papers_setting(script, mode, psft_keys, tmp_path):
     train = tmp_path / "train.parquet"
     train.touch()
     env = {"MODEL": "/models/Llama-3.1-8B-Instruct", "TRAIN_FILE": str(train), "NNODES": "2", "GPUS_PER_NODE": "8"}
@@ -60,6 +69,7 @@ def test_cluster_training_scripts_use_the_papers_setting(script, mode, tmp_path)
     assert (config["trainer"]["nnodes"], config["trainer"]["n_gpus_per_node"]) == (2, 8)
     assert config["model"]["path"] == "/models/Llama-3.1-8B-Instruct"
     assert config["trainer"]["total_epochs"] == 3  # the extra override came through
+    assert {key: config["psft"][key] for key in psft_keys} == psft_keys
 
 
 def test_rl_from_psft_script_resolves_in_verls_ppo_config(tmp_path):

@@ -28,10 +28,11 @@ subclasses ``verl.trainer.sft_trainer_ray.SFTTrainer`` and overrides its ``_buil
 ``_build_dataloader`` and ``fit`` (relying on its attributes ``training_client``, ``ckpt_handler``,
 ``resume_global_step``, ``optimizer_config``, ``model_config`` and ``_get_batch_seqlens``), and calls
 ``verl.utils.tensordict_utils``, ``SFTTensorCollator`` and ``verl.utils.seqlen_balancing``;
-``main_psft.py`` calls ``verl.utils.device.auto_set_device``; the recipe config extends verl's
+``main_psft.py`` calls ``verl.utils.device.auto_set_device``; ``losses.py`` calls ``kl_penalty`` of
+verl's PPO ``core_algos`` (its per-token KL estimators, by name); the recipe config extends verl's
 ``sft_trainer_engine`` config; ``dataset.py`` is loaded through ``data.custom_cls``.
 ``benchmarks/step_cost.py`` reads worker memory through the worker group's ``workers`` and Ray's
-``__ray_call__``.
+``__ray_call__``, ``benchmarks/metrics_cost.py`` likewise (and resets it through ``/proc``).
 
 Importing this package checks that the installed verl is the version this recipe was tested with
 (:data:`TESTED_VERL_VERSION`). Any other version raises :class:`UntestedVerlError`, unless the

@@ -1,11 +1,14 @@
 """What the trainer needs from verl's engine workers beyond their public calls.
 
 * The data-parallel size of a worker group, from its private dispatch-info query.
-* Token accuracy needs the full logits, which verl's FSDP engine never hands to a loss function.
-  Its distillation hook does: with the non-tensor flag ``distillation_use_topk`` set on a batch, the
-  engine calls the loss object once more per micro-batch as ``loss(student_logits=..., data=...)`` and
-  merges the returned per-token tensors into ``model_output``. :class:`WithLogitsProbe` answers
-  that call with :data:`~recipe.psft.losses.ARGMAX_HIT` and passes every other call to the loss.
+* Token accuracy and entropy need the full logits, which verl's FSDP engine never hands to a loss
+  function. Its distillation hook does: with the non-tensor flag ``distillation_use_topk`` set on a
+  batch, the engine calls the loss object once more per micro-batch as ``loss(student_logits=...,
+  data=...)`` and merges the returned per-token tensors into ``model_output``. :class:`WithLogitsProbe`
+  answers that call with :data:`~recipe.psft.losses.ARGMAX_HIT` and
+  :data:`~recipe.psft.losses.PROBE_ENTROPY`, computed without gradients (verl's own
+  ``calculate_entropy`` would keep a vocabulary-sized tensor in a training forward's graph), and
+  passes every other call to the loss.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..losses import ARGMAX_HIT
+from ..losses import ARGMAX_HIT, PROBE_ENTROPY, entropy_and_argmax_hit
 
 # verl's FSDP engine: "call the loss object with the full logits" (meant for top-k distillation).
 LOGITS_HOOK_FLAG = "distillation_use_topk"
@@ -32,12 +35,12 @@ def logits_hook_meta(enabled: bool) -> dict[str, bool]:
     return {LOGITS_HOOK_FLAG: enabled}
 
 
-def argmax_hits(logits: torch.Tensor, data: Any) -> torch.Tensor:
-    """1.0 where the logits' argmax is the next token, per token of the packed micro-batch: (1, total_nnz)."""
-    with torch.no_grad():
-        labels = torch.roll(data["input_ids"].values(), shifts=-1, dims=0).to(logits.device)
-        hit = (logits.squeeze(0).argmax(dim=-1) == labels).to(torch.float32)
-    return hit.unsqueeze(0)
+def token_probe(logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
+    """Per token of the packed micro-batch, shaped (1, total_nnz) as the hook expects: 1.0 where the
+    logits' argmax is the next token, and the entropy of the next-token distribution (no grad)."""
+    labels = torch.roll(data["input_ids"].values(), shifts=-1, dims=0).to(logits.device)
+    entropy, hit = entropy_and_argmax_hit(logits.squeeze(0), labels)
+    return {ARGMAX_HIT: hit.unsqueeze(0), PROBE_ENTROPY: entropy.unsqueeze(0)}
 
 
 @dataclass(frozen=True)
@@ -54,5 +57,5 @@ class WithLogitsProbe:
         student_logits: torch.Tensor | None = None,
     ):
         if student_logits is not None:
-            return {ARGMAX_HIT: argmax_hits(student_logits, data)}
+            return token_probe(student_logits, data)
         return self.loss(model_output=model_output, data=data, dp_group=dp_group)

@@ -1,0 +1,194 @@
+"""What the token metrics (entropy, token accuracy) cost: peak memory per rank and step time, on/off.
+
+One Ray cluster, one FSDP worker group, one fixed batch; PSFT steps with ``psft.token_metrics`` on and
+off, interleaved (the order rotates every round) so machine noise hits both alike. The default model
+is a tiny random Qwen2 with Qwen2.5's 151,646-token vocabulary and 2,048-token rows, the shape where
+vocabulary-sized tensors dominate a step (the worst case for metrics computed from the logits).
+
+Peak memory per rank: the high-water mark of the worker process's resident memory (VmHWM, reset
+before each measured step through /proc/PID/clear_refs) on CPU, torch's max_memory_allocated on GPU.
+
+    python benchmarks/metrics_cost.py                          # CPU defaults, 2 ranks
+    python benchmarks/metrics_cost.py --rounds 5 psft.update_token_metrics=true
+
+The last line reads ``memory ratio <on/off> time ratio <on/off>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+QWEN25_VOCAB = 151_646
+
+
+def rows_of_tokens(n: int, tokens: int, tokenizer) -> list[dict]:
+    """``n`` rows of more than ``tokens`` tokens (cut to exactly ``tokens`` by data.truncation=right)."""
+    unit = "Then 17 + 4 = 21, and 21 + 4 = 25. "
+    demo = unit * (2 * tokens // max(1, len(tokenizer(unit)["input_ids"])) + 1)
+    return [{"prompt": [{"role": "user", "content": f"Count on from {i}."}], "demonstration": demo} for i in range(n)]
+
+
+def with_vocabulary(model_dir: Path, vocab: int) -> None:
+    """Grow a model's vocabulary to ``vocab`` rows (the logits' width; the extra ids are never inputs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model.resize_token_embeddings(vocab, mean_resizing=False)
+    model.save_pretrained(model_dir, safe_serialization=True)
+
+
+def reset_peaks(trainer) -> None:
+    import ray
+
+    def reset(_actor) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+    ray.get([w.__ray_call__.remote(reset) for w in trainer.training_client.workers])
+
+
+def read_peaks_gb(trainer) -> list[float]:
+    import ray
+
+    def peak(_actor) -> float:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 1024**3
+        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+        return float("nan")
+
+    return ray.get([w.__ray_call__.remote(peak) for w in trainer.training_client.workers])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=4, help="sequences per step (batch)")
+    parser.add_argument("--k", type=int, default=2, help="updates per step (batch / mini-batch)")
+    parser.add_argument("--tokens", type=int, default=2048, help="tokens per row")
+    parser.add_argument("--vocab", type=int, default=QWEN25_VOCAB)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="FSDP ranks (GPUs, or CPU processes)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured steps per variant")
+    parser.add_argument("--warmup-rounds", type=int, default=1)
+    parser.add_argument("--model", default=None, help="a HF model folder instead of the random tiny model")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
+    args = parser.parse_args()
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+    from transformers import AutoConfig, AutoTokenizer
+    from verl.utils import tensordict_utils as tu
+
+    from psft_assets.tiny_model import build_tiny_model
+    from recipe.psft.psft_trainer import PSFTTrainer
+
+    try:  # the module's home after the verl_adapters refactor, and before it
+        from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
+    except ImportError:
+        from recipe.psft.cpu_platform import apply_cpu_defaults
+
+    work = Path(tempfile.mkdtemp(prefix="psft_metrics_cost_"))
+    model = args.model
+    if model is None:
+        model = str(
+            build_tiny_model(
+                work / "model",
+                hidden_size=args.hidden,
+                num_layers=args.layers,
+                num_heads=4,
+                max_position_embeddings=max(2048, args.tokens),
+            )
+        )
+        with_vocabulary(Path(model), args.vocab)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    train = work / "train.parquet"
+    pd.DataFrame(rows_of_tokens(args.rows, args.tokens, tokenizer)).to_parquet(train)
+
+    with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
+        config = compose(
+            config_name="psft_trainer",
+            overrides=[
+                f"model.path={model}",
+                f"data.train_files={train}",
+                f"data.train_batch_size={args.rows}",
+                f"psft.mini_batch_size={args.rows // args.k}",
+                "psft.loss_mode=psft",
+                f"trainer.n_gpus_per_node={args.workers}",
+                "trainer.logger=[console]",
+                f"trainer.default_local_dir={work / 'ckpt'}",
+                f"data.max_length={args.tokens}",
+                "data.truncation=right",
+                "data.micro_batch_size_per_gpu=1",
+                "data.use_dynamic_bsz=false",
+                "engine.infer_micro_batch_size_per_gpu=1",
+                "model.enable_gradient_checkpointing=true",
+                *args.overrides,
+            ],
+        )
+    apply_cpu_defaults(config)
+    trainer = PSFTTrainer(config=config)
+    batch = tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer._base_meta())
+    seqlens = trainer._get_batch_seqlens(batch).tolist()
+    vocab = AutoConfig.from_pretrained(model).vocab_size
+    print(
+        f"model: vocabulary {vocab}; batch {args.rows} rows of {statistics.mean(seqlens):.0f} tokens, "
+        f"k={args.k}, micro-batch 1, {args.workers} ranks"
+    )
+
+    variants = {"on": True, "off": False}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    peaks: dict[str, list[list[float]]] = {name: [] for name in variants}
+    step = 10_000
+    names = list(variants)
+    for round_index in range(args.warmup_rounds + args.rounds):
+        order = names[round_index % 2 :] + names[: round_index % 2]
+        for name in order:
+            with open_dict(config):
+                config.psft.token_metrics = variants[name]
+            reset_peaks(trainer)
+            start = time.perf_counter()
+            metrics = trainer.train_step(batch, step)
+            elapsed = time.perf_counter() - start
+            step += 1
+            if round_index >= args.warmup_rounds:
+                times[name].append(elapsed)
+                peaks[name].append(read_peaks_gb(trainer))
+                peak_text = ", ".join(f"{p:.2f}" for p in peaks[name][-1])
+                print(f"token metrics {name}: {elapsed:.2f} s, peak GiB per rank {peak_text}", flush=True)
+                if name == "on":
+                    assert "train/entropy" in metrics, "token metrics on, but no train/entropy"
+        print(f"round {round_index + 1}/{args.warmup_rounds + args.rounds} done", flush=True)
+
+    print(f"\n{'token metrics':<15}{'median s':>10}{'min s':>9}{'max s':>9}   peak memory per rank (GiB)")
+    peak_of = {name: [max(p[r] for p in peaks[name]) for r in range(args.workers)] for name in names}
+    for name in names:
+        ranks = ", ".join(f"{p:.2f}" for p in peak_of[name])
+        median, low, high = statistics.median(times[name]), min(times[name]), max(times[name])
+        print(f"{name:<15}{median:>10.2f}{low:>9.2f}{high:>9.2f}   {ranks}")
+    memory_ratio = max(peak_of["on"]) / max(peak_of["off"])
+    time_ratio = statistics.median(times["on"]) / statistics.median(times["off"])
+    print(f"memory ratio {memory_ratio:.3f} time ratio {time_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

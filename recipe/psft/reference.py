@@ -1,0 +1,119 @@
+"""Reference (initial-model) log-probs of the training set: computed once, stored, reused.
+
+The reference of SFT-KL / ASFT (and the old policy of ``psft.snapshot=initial``) is the frozen initial
+model, so its log-probs on the demonstrations depend only on the data. One forward-only pass over
+the training set before the first step (with the initial weights, through the worker group's
+``infer_batch``) replaces a reference forward on every step of every epoch and a second model copy
+in memory; ``benchmarks/reference_cost.py`` measures the pass against an SFT epoch.
+
+The result is one safetensors file under ``trainer.default_local_dir/reference_log_probs/``, named by
+a key over the model's identity, the tokenised data and the numerics that change log-probs. A run
+that finds a file with its key (a resumed run, or a new run on the same model and data) loads it
+instead of computing it again; anything else gets a new file. The pass always runs before a
+checkpoint is loaded, so even a resumed run that lacks the file computes it with the initial weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+_EDGE_BYTES = 1 << 20  # bytes hashed at each end of a weight file (hashing 15 GB would take minutes)
+
+
+@dataclass
+class ReferenceLogProbs:
+    """Per-row log-probs (``values[offsets[i]:offsets[i + 1]]`` is row i, one per token, fp32)."""
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def rows(self, indices: list[int]) -> torch.Tensor:
+        """The rows ``indices`` as a jagged nested tensor, the layout of the engine's log_probs."""
+        return torch.nested.as_nested_tensor(
+            [self.values[self.offsets[i] : self.offsets[i + 1]] for i in indices], layout=torch.jagged
+        )
+
+    @classmethod
+    def from_rows(cls, rows: list[torch.Tensor]) -> ReferenceLogProbs:
+        lengths = torch.tensor([0] + [len(r) for r in rows], dtype=torch.int64)
+        return cls(torch.cat(rows).float() if rows else torch.zeros(0), lengths.cumsum(0))
+
+
+def model_fingerprint(model_dir: str | Path) -> dict[str, Any]:
+    """A cheap identity of a Hugging Face model folder: its config and, per weight file, name, size
+    and a hash of its first and last MiB. Moving or copying the folder keeps it; new weights change it."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return {"path": str(model_dir)}  # a hub id or remote path verl resolves itself
+    identity: dict[str, Any] = {}
+    config = model_dir / "config.json"
+    if config.is_file():
+        identity["config.json"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    for file in sorted(model_dir.iterdir()):
+        if file.suffix not in (".safetensors", ".bin", ".pt", ".gguf") or not file.is_file():
+            continue
+        size = file.stat().st_size
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            digest.update(handle.read(_EDGE_BYTES))
+            if size > _EDGE_BYTES:
+                handle.seek(max(_EDGE_BYTES, size - _EDGE_BYTES))
+                digest.update(handle.read(_EDGE_BYTES))
+        identity[file.name] = f"{size}:{digest.hexdigest()}"
+    return identity
+
+
+def data_fingerprint(dataset: Any) -> dict[str, Any]:
+    """Identity of the tokenised training rows (token ids and loss masks, in dataset order)."""
+    digest = hashlib.sha256()
+    for index in range(len(dataset)):
+        item = dataset[index]
+        for key in ("input_ids", "loss_mask"):
+            digest.update(item[key].to(torch.int64).numpy().tobytes())
+        digest.update(b"|")
+    return {"rows": len(dataset), "sha256": digest.hexdigest()}
+
+
+def cache_key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_file(root: str | Path, identity: dict[str, Any]) -> Path:
+    return Path(root).expanduser() / "reference_log_probs" / f"{cache_key(identity)}.safetensors"
+
+
+def save(path: Path, reference: ReferenceLogProbs, identity: dict[str, Any]) -> None:
+    """Write atomically (temporary file + rename): a crash never leaves a half-written cache."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    metadata = {"format": str(FORMAT_VERSION), "identity": json.dumps(identity, sort_keys=True)}
+    save_file({"values": reference.values.contiguous(), "offsets": reference.offsets}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load(path: Path, identity: dict[str, Any]) -> ReferenceLogProbs | None:
+    """The cached log-probs if ``path`` holds them for exactly ``identity``, else None."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != str(FORMAT_VERSION):
+            return None
+        if json.loads(metadata.get("identity", "null")) != json.loads(json.dumps(identity, sort_keys=True)):
+            return None
+        return ReferenceLogProbs(handle.get_tensor("values"), handle.get_tensor("offsets"))
