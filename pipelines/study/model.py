@@ -76,13 +76,24 @@ class CharTokenizer:
         return "".join(out)
 
     def save_hf(self, out_dir: Path) -> None:
-        """Save as a HF fast tokenizer (one token per character, ChatML template) for the trainer."""
-        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-        from transformers import PreTrainedTokenizerFast
+        """Save as a HF fast tokenizer (one token per character, ChatML template) for the trainer.
 
-        tok = Tokenizer(models.WordLevel(dict(self.ids), unk_token="<|endoftext|>"))
-        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-        tok.decoder = decoders.Fuse()
+        A byte-level BPE without merges: every character is one token. Byte-level, because loaders
+        that go by the model folder's ``model_type`` (qwen2) apply Qwen2's byte-level pre-tokenizer,
+        which drops whitespace missing from the vocabulary in its byte form (space is "Ġ", newline
+        "Ċ"). Checked after saving: the saved folder's tokenizer must render a conversation exactly as
+        :meth:`encode` does.
+        """
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+        def byte_form(char: str) -> str:  # GPT-2's byte-to-unicode map, for the ASCII we use
+            return chr(256 + ord(char)) if ord(char) <= 32 else char
+
+        vocab = {(t if t in SPECIALS else byte_form(t)): i for t, i in self.ids.items()}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
         fast = PreTrainedTokenizerFast(
             tokenizer_object=tok,
             eos_token="<|im_end|>",
@@ -91,6 +102,13 @@ class CharTokenizer:
         )
         fast.chat_template = CHATML_TEMPLATE
         fast.save_pretrained(str(out_dir))
+
+        probe = Example("probe", 0, "What is 12 + 34?", "Adding 12 and 34 gives 46", "46")
+        loaded = AutoTokenizer.from_pretrained(str(out_dir))
+        messages = probe.row()["prompt"] + [{"role": "assistant", "content": probe.demonstration}]
+        text = loaded.apply_chat_template(messages, tokenize=False)
+        if loaded(text, add_special_tokens=False)["input_ids"] != self.encode(probe)[0]:
+            raise RuntimeError(f"{out_dir}: the saved tokenizer does not reproduce the study's character tokens")
 
 
 def build_model(size: ModelSize, tokenizer: CharTokenizer, seed: int):

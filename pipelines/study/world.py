@@ -51,7 +51,7 @@ def _count(rng: random.Random) -> Problem:
 
 
 def _convert(rng: random.Random) -> Problem:
-    metres = rng.randint(1, 99)
+    metres = rng.randint(1, 299)
     return f"Convert {metres} m to cm", str(metres * 100), {"m": str(metres)}
 
 
