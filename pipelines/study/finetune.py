@@ -56,7 +56,7 @@ class FinetuneConfig:
     train_size: int = 128  # narrow-style demonstrations of the fine-tuning family
     mini_batch: int = 8  # demonstrations per optimizer update (every method)
     epochs: int = 12  # passes over the training set
-    eval_every: int = 24  # optimizer updates between measurements (also at 0 and at the end)
+    eval_every: int = 32  # optimizer updates between measurements (also at 0 and at the end)
     warmup: int = 8  # linear lr warm-up, in optimizer updates
     weight_decay: float = 0.0
     grad_clip: float = 1.0

@@ -27,10 +27,10 @@ CHATML_TEMPLATE = (
 
 @dataclass(frozen=True)
 class ModelSize:
-    hidden: int = 128
-    layers: int = 4
+    hidden: int = 96
+    layers: int = 3
     heads: int = 4
-    intermediate: int = 512
+    intermediate: int = 384
     max_positions: int = 128
 
 

@@ -30,8 +30,8 @@ WORLD_VERSION = 1  # bump when world.py changes what a family or style produces
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 3000  # optimizer updates
-    batch_size: int = 64  # demonstrations per update
+    steps: int = 1500  # optimizer updates
+    batch_size: int = 48  # demonstrations per update
     lr: float = 3e-3  # peak; linear warm-up then cosine to 10%
     warmup: int = 100
     weight_decay: float = 0.01
@@ -41,7 +41,7 @@ class PretrainConfig:
     family_weights: dict[str, float] = field(
         default_factory=lambda: {name: (0.5 if name == FINETUNE_FAMILY else 1.0) for name in FAMILIES}
     )
-    eval_per_family: int = 64
+    eval_per_family: int = 48
 
     def key(self, size: ModelSize) -> str:
         blob = json.dumps({"size": asdict(size), "pretrain": asdict(self), "world": WORLD_VERSION}, sort_keys=True)

@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {list(METHODS)}")
     parser.add_argument("--lrs", default=None, help="comma-separated learning rates")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for pretraining (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads for pretraining (default 1: on a shared machine OpenMP threads that wait for "
+        "each other spin, and two threads measured several times slower than one)",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="fine-tuning runs in parallel, one thread each (default: 2, or 1 on one core)")
     args = parser.parse_args(argv)
@@ -163,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, lrs=_floats(args.lrs))
     if args.seeds:
         cfg = replace(cfg, seeds=tuple(int(s) for s in args.seeds.split(",")))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     out = args.out or Path("outputs") / ("study-quick" if args.quick else "study")
     run_study(cfg, out, workers=args.workers)
 

@@ -46,7 +46,7 @@ def _sort(rng: random.Random) -> Problem:
 
 
 def _count(rng: random.Random) -> Problem:
-    word = "".join(rng.choice("ab") for _ in range(rng.randint(3, 7)))
+    word = "".join(rng.choice("ab") for _ in range(rng.randint(3, 8)))
     return f"How many a in {word}?", str(word.count("a")), {"w": word}
 
 
