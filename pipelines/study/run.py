@@ -89,7 +89,7 @@ class Job:
         )
 
 
-def run_study(cfg: StudyConfig, out: Path, workers: int = 2, log=print) -> Path:
+def run_study(cfg: StudyConfig, out: Path, workers: int = 2, log=print, report_only: bool = False) -> Path:
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; available: {list(METHODS)}")
@@ -124,6 +124,9 @@ def run_study(cfg: StudyConfig, out: Path, workers: int = 2, log=print) -> Path:
                         continue
                 jobs.append(Job(folder, name, lr, seed, cfg.finetune, base_eval, path))
     log(f"{len(jobs)} fine-tuning runs to do ({workers} in parallel)")
+    if report_only:
+        log("--report-only: writing the report from the runs already done")
+        jobs = []
     if workers <= 1:
         for job in jobs:
             log(job.run())
@@ -148,6 +151,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-sized study (a few minutes)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/study[-quick])")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {list(METHODS)}")
     parser.add_argument("--lrs", default=None, help="comma-separated learning rates")
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, seeds=tuple(int(s) for s in args.seeds.split(",")))
     torch.set_num_threads(args.threads)
     out = args.out or Path("outputs") / ("study-quick" if args.quick else "study")
-    run_study(cfg, out, workers=args.workers)
+    run_study(cfg, out, workers=args.workers, report_only=args.report_only)
 
 
 if __name__ == "__main__":
