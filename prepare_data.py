@@ -8,7 +8,8 @@
 Writes ``train.parquet`` and ``test*.parquet`` into ``--output-dir`` with the columns ``data_source``,
 ``prompt`` (chat messages), ``demonstration``, ``ability``, ``reward_model`` {ground_truth, style} and
 ``extra_info`` {split, index, source_row}, plus ``data_card.json`` (source, versions, row counts, skipped
-rows with reasons, content hash). The same options and seed give byte-identical files.
+rows with reasons, rows holding control strings, content hash). The same options and seed give
+byte-identical files. The work is in ``prepare/``; rows are defined in ``recipe/psft/rows.py``.
 
 Exit codes: 0 done; 2 invalid input (bad rows, a missing file or key, bad options); 3 a Hub source that
 cannot be reached (use --source builtin or --source local offline).
@@ -18,37 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import random
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from prepare import builtin, hub, local, stats
-from prepare.records import (
-    SYSTEM_PROMPT,
-    DataError,
-    Example,
-    Report,
-    SourceUnavailable,
-    check_all,
-    content_hash,
-    dedupe,
-    format_problems,
-    messages_of,
-    prompt_key,
-    to_row,
-    write_parquet,
-)
+from prepare import builtin, card, control, hub, stats
+from prepare.collect import collect, finalize
+from prepare.records import Report, SourceUnavailable
+from recipe.psft.rows import ConversationEncoder, DataError
 
-CARD_NAME = "data_card.json"
-CARD_VERSION = 1
-PROGRESS_MIN_ROWS = 1000
 SOURCES = ("openr1", "local", "builtin", "benchmarks")
 DEFAULTS = {  # per-source defaults for the size options
     "builtin": {"train_size": 256, "test_size": 64, "ood_size": 64, "benchmarks": "none"},
@@ -56,7 +36,6 @@ DEFAULTS = {  # per-source defaults for the size options
     "local": {"test_size": 0, "benchmarks": "none"},
     "benchmarks": {"test_size": 0, "benchmarks": "all"},
 }
-T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the trainer's data.max_length: count rows it would truncate or reject",
     )
+    g.add_argument(
+        "--chat-template-kwargs",
+        default=None,
+        help="JSON object passed to the chat template, as the trainer's data.apply_chat_template_kwargs "
+        """(e.g. '{"enable_thinking": false}'); give the same value to both so the counts match""",
+    )
     return p
 
 
@@ -157,8 +142,23 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise DataError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if args.max_length is not None and not args.tokenizer:
         raise DataError("--max-length needs --tokenizer PATH")
+    if args.chat_template_kwargs is not None:
+        if not args.tokenizer:
+            raise DataError("--chat-template-kwargs needs --tokenizer PATH")
+        args.chat_template_kwargs = parse_json_object(args.chat_template_kwargs)
     args.benchmark_list = parse_benchmarks(args.benchmarks)
     return args
+
+
+def parse_json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--chat-template-kwargs {value!r}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(parsed, dict):
+        example = '{"enable_thinking": false}'
+        raise DataError(f"--chat-template-kwargs {value!r}: expected a JSON object such as '{example}'")
+    return parsed
 
 
 def parse_benchmarks(value: str) -> list[str]:
@@ -173,234 +173,19 @@ def parse_benchmarks(value: str) -> list[str]:
     return names
 
 
-def progress(items: Iterable[T], total: int, desc: str, quiet: bool) -> Iterator[T]:
-    """A tqdm bar on stderr for long conversions (>= PROGRESS_MIN_ROWS rows); plain iteration otherwise."""
-    if quiet or total < PROGRESS_MIN_ROWS:
-        yield from items
-        return
-    from tqdm import tqdm
-
-    yield from tqdm(items, total=total, desc=desc, file=sys.stderr, mininterval=0.5, unit="row")
-
-
-def hold_out(examples: list[Example], test_size: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split off ``test_size`` seeded-random rows as the test set; both parts keep the input order.
-
-    Only rows whose prompt appears once in the input are eligible, so a held-out problem never also sits
-    in training (and the test set gets exactly ``test_size`` rows).
-    """
-    if test_size == 0:
-        return examples, []
-    keys = [_raw_prompt_key(e) for e in examples]
-    counts = Counter(k for k in keys if k is not None)
-    eligible = [i for i, k in enumerate(keys) if k is not None and counts[k] == 1]
-    if test_size >= len(examples) or test_size > len(eligible):
-        raise DataError(
-            f"--test-size {test_size} is too large: {len(examples)} input rows, {len(eligible)} with a unique prompt"
-        )
-    chosen = set(random.Random(seed).sample(eligible, test_size))
-    train = [e for i, e in enumerate(examples) if i not in chosen]
-    return train, [e for i, e in enumerate(examples) if i in chosen]
-
-
-def _raw_prompt_key(example: Example) -> str | None:
-    """The duplicate key of a not-yet-validated prompt; None when it is malformed (validation reports it)."""
-    prompt = example.prompt
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
-    ):
-        return None
-    return prompt_key([{"role": str(m.get("role")), "content": m["content"]} for m in prompt])
-
-
-@dataclass
-class Part:
-    """One output file in the making: its split kind ("train"/"test"), examples and system prompt."""
-
-    kind: str
-    examples: list[Example]
-    system_prompt: str | None
-
-
-def collect(args: argparse.Namespace, report: Report) -> dict[str, Part]:
-    """Gather every output file's examples, keyed by file stem (train, test, test_ood, test_<benchmark>)."""
-    files: dict[str, Part] = {}
-    paper_prompt = args.system_prompt or SYSTEM_PROMPT
-    if args.source == "openr1":
-        rows = hub.load_hub_rows(hub.OPENR1_REPO, "train")
-        hub.check_layout(rows, hub.OPENR1_REPO, [("prompt", "problem"), ("target",)])
-        rows = rows[: args.max_samples] if args.max_samples is not None else rows
-        examples = [
-            hub.openr1_example(r, i + 1)
-            for i, r in enumerate(progress(rows, len(rows), "converting openr1", args.no_progress))
-        ]
-        train, test = hold_out(examples, args.test_size, args.seed)
-        files["train"], files["test"] = Part("train", train, paper_prompt), Part("test", test, paper_prompt)
-    elif args.source == "local":
-        keys = local.Keys(args.prompt_key, args.response_key, args.answer_key, args.messages_key)
-        examples = local.load_examples(
-            args.input,
-            keys,
-            args.data_source,
-            need_response=True,
-            need_answer=args.test_size > 0,
-            max_samples=args.max_samples,
-        )
-        train, test = hold_out(examples, args.test_size, args.seed)
-        if args.test_input is not None:
-            test += local.load_examples(args.test_input, keys, args.data_source, need_response=False, need_answer=True)
-        files["train"] = Part("train", train, args.system_prompt)
-        files["test"] = Part("test", test, args.system_prompt)
-    elif args.source == "builtin":
-        train_size = min(args.train_size, args.max_samples) if args.max_samples is not None else args.train_size
-        splits, dropped = builtin.build(args.seed, train_size, args.test_size, args.ood_size)
-        report.skipped.extend(dropped)
-        for name, examples in splits.items():
-            files[name] = Part("train" if name == "train" else "test", examples, paper_prompt)
-    for name in args.benchmark_list:  # graded by \boxed{} extraction: always the paper's prompt by default
-        bench = hub.BENCHMARKS[name]
-        rows = hub.load_hub_rows(bench.repo, bench.split, bench.config)
-        hub.check_layout(rows, bench.repo, [bench.problem_keys, bench.answer_keys])
-        examples = [hub.benchmark_example(bench, r, i + 1) for i, r in enumerate(rows)]
-        files[f"test_{name}"] = Part("test", examples, paper_prompt)
-    return files
-
-
-def finalize(files: dict[str, Part], skip_invalid: bool, report: Report) -> dict[str, list[dict[str, Any]]]:
-    """Validate, de-duplicate (within each file; test files also against training) and format every row."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    train_seen: dict[str, Example] = {}
-    for name in sorted(files, key=lambda n: (n != "train", n)):  # training first: tests dedupe against it
-        part = files[name]
-        if not part.examples:
-            continue
-        good = check_all(part.examples, part.kind, skip_invalid, report)
-        pairs = dedupe([(e, messages_of(e, part.system_prompt)) for e in good], report)
-        if part.kind == "test" and train_seen:
-            pairs = dedupe(pairs, report, seen=train_seen, against="training set")
-        if name == "train":
-            train_seen = {prompt_key(m): e for e, m in pairs}
-        if not pairs:
-            raise DataError(f"{name}: no usable rows left after validation and de-duplication")
-        out[name] = [to_row(e, m, part.kind, i) for i, (e, m) in enumerate(pairs)]
-    if "train" in files and "train" not in out:
-        raise DataError("no training rows")
-    return out
-
-
-def versions(args: argparse.Namespace) -> dict[str, str]:
-    names = ["pyarrow", "pandas"]
-    if args.source in ("openr1", "benchmarks") or args.benchmark_list:
-        names.append("datasets")
-    if args.source == "builtin":
-        names.append("reasoning_gym")
-    if args.tokenizer:
-        names.append("transformers")
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options that decide the content, for the card (paths as given, so the card is reproducible)."""
-    keep = ["source", "seed", "test_size", "max_samples", "skip_invalid", "benchmarks", "system_prompt"]
-    if args.source == "local":
-        keep += ["input", "test_input", "prompt_key", "response_key", "answer_key", "messages_key", "data_source"]
-    if args.source == "builtin":
-        keep += ["train_size", "ood_size"]
-    if args.tokenizer:
-        keep += ["tokenizer", "max_length"]
-    return {k: (str(v) if isinstance(v, Path) else v) for k in keep if (v := getattr(args, k, None)) is not None}
-
-
-def write_outputs(
-    args: argparse.Namespace, out: dict[str, list[dict[str, Any]]], report: Report, token_stats: dict[str, Any]
-) -> dict[str, Any]:
-    """Write the parquet files and the card; warn about parquet files from earlier runs left beside them."""
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, rows in out.items():
-        written[f"{name}.parquet"] = {
-            "rows": len(rows),
-            "sha256": write_parquet(rows, args.output_dir / f"{name}.parquet"),
-        }
-    stale = sorted(p.name for p in args.output_dir.glob("*.parquet") if p.name not in written)
-    card = {
-        "card_version": CARD_VERSION,
-        "source": args.source,
-        "options": options(args),
-        "versions": versions(args),
-        "files": written,
-        "rows": {name: len(rows) for name, rows in out.items()},
-        "content_sha256": content_hash(out),
-        **report.summary(),
-    }
-    if args.source in ("openr1", "benchmarks") or args.benchmark_list:
-        card["hub_datasets"] = ([hub.OPENR1_REPO] if args.source == "openr1" else []) + [
-            f"{hub.BENCHMARKS[n].repo} ({hub.BENCHMARKS[n].split})" for n in args.benchmark_list
-        ]
-    if token_stats:
-        card["token_stats"] = token_stats
-    if stale:
-        card["other_parquet_files_in_dir"] = stale
-    (args.output_dir / CARD_NAME).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return card
-
-
-def compute_token_stats(args: argparse.Namespace, out: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    if not args.tokenizer:
-        return {}
-    tokenizer = stats.load_tokenizer(args.tokenizer)
-    result = {}
-    for name, rows in out.items():
-        shown = progress(rows, len(rows), f"tokenising {name}", args.no_progress)
-        result[name] = stats.token_stats(tokenizer, list(shown), args.max_length)
-    return result
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     report = Report()
-    files = collect(args, report)
-    out = finalize(files, args.skip_invalid, report)
-    token_stats = compute_token_stats(args, out)
-    card = write_outputs(args, out, report, token_stats)
-    print_summary(args, card, report, token_stats, time.perf_counter() - started)
-    return card
-
-
-def print_summary(
-    args: argparse.Namespace, card: dict[str, Any], report: Report, token_stats: dict[str, Any], seconds: float
-) -> None:
-    for name, info in card["files"].items():
-        print(f"wrote {args.output_dir / name}: {info['rows']} rows")
-    if report.skipped:
-        if args.source == "builtin":  # expected filtering of generated rows, not the user's bad rows
-            print(f"filtered {len(report.skipped)} generated row(s) (listed in the data card):", file=sys.stderr)
-        else:
-            title = f"skipped {len(report.skipped)} invalid row problem(s) (--skip-invalid)"
-            print(format_problems(report.skipped, title, limit=10).rsplit("\n", 1)[0], file=sys.stderr)
-        for reason, count in card["skipped_by_reason"].items():
-            print(f"  {count:6d} x {reason}", file=sys.stderr)
-    if report.duplicates:
-        print(f"dropped {len(report.duplicates)} duplicate prompt(s):", file=sys.stderr)
-        for problem in report.duplicates[:10]:
-            print(f"  {problem}", file=sys.stderr)
-    for name, s in token_stats.items():
-        print(stats.describe(name, s))
-    for name in card.get("other_parquet_files_in_dir", []):
-        print(
-            f"warning: {args.output_dir / name} was not written by this run (a trainer or evaluation that globs "
-            f"test*.parquet would pick it up)",
-            file=sys.stderr,
-        )
-    print(f"wrote {args.output_dir / CARD_NAME} in {seconds:.1f} s")
+    out = finalize(collect(args, report), args.skip_invalid, report)
+    encoder = None
+    token_stats = {}
+    if args.tokenizer:
+        encoder = ConversationEncoder(stats.load_tokenizer(args.tokenizer), args.chat_template_kwargs)
+        for name, rows in out.items():
+            token_stats[name] = stats.token_stats(encoder, name, rows, args.max_length)
+    written = card.write_outputs(args, out, report, token_stats, control.find_control_strings(out, encoder))
+    card.print_summary(args, written, report, time.perf_counter() - started)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

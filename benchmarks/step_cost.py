@@ -80,8 +80,8 @@ def main() -> None:
 
     from psft_assets.tiny_model import build_tiny_model
     from recipe.psft.config_checks import check_config
-    from recipe.psft.cpu_platform import apply_cpu_defaults
     from recipe.psft.psft_trainer import PSFTTrainer
+    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
 
     work = Path(tempfile.mkdtemp(prefix="psft_step_cost_"))
     model = args.model or str(

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from prepare.records import DataError, Example, Problem
+from prepare.records import Example
+from recipe.psft.rows import DataError, RowProblem
 
 BAD_GSM_TEMPLATES = frozenset({2, 3, 4, 24, 49, 75})
 OOD_TASKS = ("simple_equations", "basic_arithmetic", "leg_counting")
@@ -275,7 +276,7 @@ class Drawn:
     """Examples drawn from a generator, and the rows dropped on the way."""
 
     examples: list[Example]
-    dropped: list[Problem]
+    dropped: list[RowProblem]
 
 
 def _draw(
@@ -294,17 +295,17 @@ def _draw(
     budget = want * MAX_ATTEMPTS_FACTOR + 100
     dataset = _rg().create_dataset(name, size=budget, seed=seed, **config)
     examples: list[Example] = []
-    dropped: list[Problem] = []
+    dropped: list[RowProblem] = []
     origin = f"reasoning_gym/{name}(seed={seed})"
     seen: set[str] = set()
     for index in range(budget):
         result = convert(dataset, index)
         if isinstance(result, str):
-            dropped.append(Problem(origin, index + 1, key, result))
+            dropped.append(RowProblem(origin, index + 1, key, result))
         elif exclude(result):
-            dropped.append(Problem(origin, index + 1, "prompt", "prompt also in the training set"))
+            dropped.append(RowProblem(origin, index + 1, "prompt", "prompt also in the training set"))
         elif _normalised(result.prompt) in seen:
-            dropped.append(Problem(origin, index + 1, "prompt", "duplicate prompt"))
+            dropped.append(RowProblem(origin, index + 1, "prompt", "duplicate prompt"))
         else:
             seen.add(_normalised(result.prompt))
             examples.append(result)
@@ -353,7 +354,7 @@ def _normalised(text: str) -> str:
 
 def build(
     seed: int, train_size: int, test_size: int, ood_size: int, ood_tasks: tuple[str, ...] = OOD_TASKS
-) -> tuple[dict[str, list[Example]], list[Problem]]:
+) -> tuple[dict[str, list[Example]], list[RowProblem]]:
     """Draw the three splits: {"train", "test", "test_ood"} -> examples, plus every dropped row.
 
     Test rows are drawn from a separate seed stream and skip problems already in training; the caller's

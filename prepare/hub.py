@@ -15,7 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from prepare.records import DataError, Example, SourceUnavailable
+from prepare.records import Example, SourceUnavailable
+from recipe.psft.rows import DataError
 
 OPENR1_REPO = "Elliott/Openr1-Math-46k-8192"
 # The original PSFT script labelled these rows "lighteval/MATH"; kept, so verl's default reward routing

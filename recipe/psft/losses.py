@@ -24,13 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 
 LOSS_MODES = ("psft", "sft", "dft")
 
 # How the driver reduces each per-micro-batch metric over micro-batches, ranks and mini-batches.
 # "sum": values are already divided by the global token count, so their sum is the global mean.
 METRIC_REDUCTION = {"ratio_max": "max", "ratio_min": "min"}
+
+# Optional per-token input of the loss, in ``model_output``: 1.0 where the logits' argmax is the next
+# token (filled by the engine's logits hook, see verl_adapters/engine.py); gives the token_acc metric.
+ARGMAX_HIT = "argmax_hit"
 
 
 def psft_surrogate(
@@ -56,28 +59,13 @@ class TokenLoss:
     clip_ratio_high: float = 0.28
 
     def __post_init__(self) -> None:
-        if self.mode not in LOSS_MODES:
-            raise ValueError(f"psft.loss_mode={self.mode!r}: expected one of {LOSS_MODES}")
+        # Imported here: config_checks imports LOSS_MODES from this module.
+        from .config_checks import check_loss_mode
 
-    def __call__(
-        self,
-        model_output: dict | None = None,
-        data: Any = None,
-        dp_group: Any = None,
-        student_logits: torch.Tensor | None = None,
-    ):
-        if student_logits is not None:
-            return self._logits_probe(student_logits, data)
+        check_loss_mode(self.mode)
+
+    def __call__(self, model_output: dict, data: Any, dp_group: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
         return self._loss(model_output, data)
-
-    @staticmethod
-    def _logits_probe(logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
-        """Called by verl's FSDP engine with the full logits when ``distillation_use_topk`` is set
-        (its hook for per-token quantities that need logits); gives exact token accuracy."""
-        with torch.no_grad():
-            labels = torch.roll(data["input_ids"].values(), shifts=-1, dims=0).to(logits.device)
-            hit = (logits.squeeze(0).argmax(dim=-1) == labels).to(torch.float32)
-        return {"argmax_hit": hit.unsqueeze(0)}
 
     def _loss(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, float]]:
         log_prob = model_output["log_probs"].values()
@@ -113,38 +101,6 @@ class TokenLoss:
             }
             if "entropy" in model_output:
                 metrics["entropy"] = token_mean(model_output["entropy"].values().detach()).item() / dp
-            if "argmax_hit" in model_output:
-                metrics["token_acc"] = token_mean(model_output["argmax_hit"].values().detach()).item() / dp
+            if ARGMAX_HIT in model_output:
+                metrics["token_acc"] = token_mean(model_output[ARGMAX_HIT].values().detach()).item() / dp
         return loss, metrics
-
-
-@register_policy_loss("psft")
-def compute_policy_loss_psft(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """PSFT in verl's policy-loss registry (``actor.policy_loss.loss_mode=psft``).
-
-    Every response token is treated as a demonstration token (A = +1), so ``advantages`` is ignored:
-    this lets verl's PPO actor run PSFT on demonstration batches. Clip ranges come from the actor's
-    ``clip_ratio_low`` / ``clip_ratio_high`` (falling back to ``clip_ratio``).
-    """
-    clip = getattr(config, "clip_ratio", 0.2) if config is not None else 0.2
-    low = getattr(config, "clip_ratio_low", None) or clip
-    high = getattr(config, "clip_ratio_high", None) or clip
-    surrogate, ratio = psft_surrogate(log_prob, old_log_prob, low, high)
-    losses = -surrogate
-    if rollout_is_weights is not None:
-        losses = losses * rollout_is_weights
-    global_info = getattr(config, "global_batch_info", None) or {}
-    loss = agg_loss(loss_mat=losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_info)
-    mask = response_mask.bool()
-    with torch.no_grad():
-        clipfrac = (ratio[mask] > 1.0 + high).float().mean() if mask.any() else torch.zeros(())
-        ppo_kl = (old_log_prob - log_prob)[mask].mean() if mask.any() else torch.zeros(())
-    return loss, {"actor/pg_clipfrac": clipfrac.item(), "actor/ppo_kl": ppo_kl.item()}

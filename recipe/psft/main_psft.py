@@ -12,8 +12,8 @@ import hydra
 from omegaconf import DictConfig
 
 from .config_checks import ConfigError, check_config
-from .cpu_platform import apply_cpu_defaults
 from .dataset import DataError
+from .verl_adapters.cpu_platform import apply_cpu_defaults
 
 
 def run_psft(config: DictConfig) -> dict | None:

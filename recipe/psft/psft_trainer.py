@@ -17,16 +17,12 @@ Everything else (FSDP engine workers, checkpoints and resume, tracking) is verl'
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tensordict.tensorclass import NonTensorData
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -35,9 +31,11 @@ from verl.trainer.sft_trainer_ray import SFTTrainer
 from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.dataset_utils import SFTTensorCollator
 from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
-from verl.utils.tracking import Tracking
 
-from .losses import METRIC_REDUCTION, TokenLoss
+from .losses import LOSS_MODES, METRIC_REDUCTION, TokenLoss
+from .verl_adapters.engine import WithLogitsProbe, data_parallel_size, logits_hook_meta
+from .verl_adapters.ray_bootstrap import ensure_ray
+from .verl_adapters.tracking import make_tracking
 
 
 def reduction_for(key: str, default: str) -> str:
@@ -108,27 +106,6 @@ def rows_needing_snapshot(schedule: list[torch.Tensor], skip_first: bool) -> tor
     return torch.unique(torch.cat(needed))
 
 
-def ensure_ray(config: Any) -> None:
-    """Join the cluster in ``RAY_ADDRESS`` (job submission) or start a local Ray instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    # address="local": always a fresh local instance, never a stale `ray start` cluster on this host.
-    kwargs: dict[str, Any] = {"address": "local"}
-    if config.trainer.device == "cpu":
-        # verl's RayResourcePool asks max_colocate_count (10) logical CPUs per worker bundle on top
-        # of the worker's own: advertise enough logical CPUs for every worker.
-        workers = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
-        kwargs["num_cpus"] = max(os.cpu_count() or 1, 16 * workers)
-        # Ray pins each worker to OMP_NUM_THREADS=1 unless the variable is set: share the cores out.
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    ray.init(**kwargs)
-
-
 class PSFTTrainer(SFTTrainer):
     """verl's ``SFTTrainer`` with PSFT's snapshot + k mini-batch updates per step."""
 
@@ -140,12 +117,12 @@ class PSFTTrainer(SFTTrainer):
         super()._build_engine()
         cfg = self.config.psft
         self.loss_fns = {
-            mode: TokenLoss(mode, float(cfg.clip_ratio_low), float(cfg.clip_ratio_high))
-            for mode in ("psft", "sft", "dft")
+            mode: WithLogitsProbe(TokenLoss(mode, float(cfg.clip_ratio_low), float(cfg.clip_ratio_high)))
+            for mode in LOSS_MODES
         }
         self._active_loss_mode = None
         # Asked once: on the worker group this query is a remote call to every worker.
-        self.dp_size = max(self.training_client._query_dispatch_info("train")) + 1
+        self.dp_size = data_parallel_size(self.training_client)
 
     def _build_dataloader(self) -> None:
         # verl's version hard-codes 8 loader processes per loader; ours honours data.num_workers
@@ -218,8 +195,8 @@ class PSFTTrainer(SFTTrainer):
             "micro_batch_size_per_gpu": self.config.data.micro_batch_size_per_gpu,
             "global_batch_size": self.config.psft.mini_batch_size,
             "calculate_entropy": token_metrics,
-            # verl's FSDP engine hands the full logits to the loss object under this flag: token accuracy.
-            "distillation_use_topk": token_metrics and not self.config.model.get("use_fused_kernels", False),
+            # Token accuracy needs the full logits, which fused kernels never materialise.
+            **logits_hook_meta(token_metrics and not self.config.model.get("use_fused_kernels", False)),
         }
 
     def _balance_for_dp(self, indices: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
@@ -293,7 +270,7 @@ class PSFTTrainer(SFTTrainer):
     def validate(self) -> dict[str, float]:
         """Teacher-forced NLL, entropy and token accuracy of the demonstrations of the val set."""
         totals: dict[str, float] = defaultdict(float)
-        meta = {**self._base_meta(), "calculate_entropy": True, "distillation_use_topk": True}
+        meta = {**self._base_meta(), "calculate_entropy": True, **logits_hook_meta(True)}
         for val_data in self.val_dataloader:
             batch = tu.get_tensordict(tensor_dict=val_data, non_tensor_dict=meta)
             output = self.training_client.infer_batch(batch).get()
@@ -310,39 +287,6 @@ class PSFTTrainer(SFTTrainer):
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def _file_log_path(self) -> Path:
-        """Where verl's file logger writes (same rule as verl.utils.tracking.FileLogger)."""
-        path = os.getenv("VERL_FILE_LOGGER_PATH")
-        if path:
-            return Path(path)
-        root = Path(os.path.expanduser(os.getenv("VERL_FILE_LOGGER_ROOT", ".")))
-        return root / self.config.trainer.project_name / f"{self.config.trainer.experiment_name}.jsonl"
-
-    def _make_tracking(self, resume_step: int) -> Tracking:
-        """verl's Tracking, keeping the file log of the steps a resumed run already did.
-
-        verl's file logger truncates its file on open; on resume we write back the lines up to the
-        resumed step so the log stays one continuous record of the run.
-        """
-        kept: list[bytes] = []
-        log_path = self._file_log_path()
-        if resume_step > 0 and "file" in self.config.trainer.logger and log_path.is_file():
-            for line in log_path.read_bytes().splitlines():
-                try:
-                    if json.loads(line)["step"] <= resume_step:
-                        kept.append(line)
-                except (ValueError, KeyError):
-                    continue
-        tracking = Tracking(
-            project_name=self.config.trainer.project_name,
-            experiment_name=self.config.trainer.experiment_name,
-            default_backend=self.config.trainer.logger,
-            config=OmegaConf.to_container(self.config, resolve=True),
-        )
-        if kept:
-            tracking.logger["file"].fp.write(b"\n".join(kept) + b"\n")
-        return tracking
-
     def fit(self) -> dict[str, float] | None:
         global_step = self.resume_global_step
         if global_step and global_step % self.steps_per_epoch == 0:
@@ -350,7 +294,7 @@ class PSFTTrainer(SFTTrainer):
             # batch; restored, it would yield nothing for the next epoch and skip to the one after.
             # The next epoch starts from scratch anyway.
             self.train_dataloader.load_state_dict(self._fresh_loader_state)
-        tracking = self._make_tracking(global_step)
+        tracking = make_tracking(self.config, global_step)
         last_val = None
         start_epoch = global_step // self.steps_per_epoch
         total_epochs = max(self.config.trainer.total_epochs, -(-self.total_training_steps // self.steps_per_epoch))

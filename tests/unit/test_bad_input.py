@@ -50,7 +50,7 @@ def test_missing_demonstration_column(tiny_model, tmp_path):
         del row["demonstration"]
     path = write_parquet(rows, tmp_path / "no_demo.parquet")
     expect_failure(
-        compose_config(tiny_model, path), DataError, str(path), "row 0", "'demonstration'", "columns present", "prompt"
+        compose_config(tiny_model, path), DataError, f"{path}: row 1: 'demonstration'", "columns present", "prompt"
     )
 
 
@@ -58,14 +58,16 @@ def test_empty_demonstration(tiny_model, tmp_path):
     rows = make_rows(8)
     rows[5]["demonstration"] = "   "
     path = write_parquet(rows, tmp_path / "empty_demo.parquet")
-    expect_failure(compose_config(tiny_model, path), DataError, str(path), "row 5", "'demonstration'", "empty")
+    expect_failure(compose_config(tiny_model, path), DataError, f"{path}: row 6: 'demonstration'", "empty string")
 
 
 def test_non_string_prompt_content(tiny_model, tmp_path):
     rows = make_rows(8)
     rows[3]["prompt"] = [{"role": "user", "content": ""}]
     path = write_parquet(rows, tmp_path / "bad_prompt.parquet")
-    expect_failure(compose_config(tiny_model, path), DataError, str(path), "row 3", "prompt[0]['content']")
+    expect_failure(
+        compose_config(tiny_model, path), DataError, f"{path}: row 4: 'prompt': message 0 content is an empty string"
+    )
 
 
 def test_over_long_row_with_truncation_error(tiny_model, tmp_path):
@@ -74,8 +76,7 @@ def test_over_long_row_with_truncation_error(tiny_model, tmp_path):
     expect_failure(
         compose_config(tiny_model, path, "data.max_length=64", "data.truncation=error"),
         DataError,
-        str(path),
-        "row 0",
+        f"{path}: row 1:",
         "data.max_length=64",
         "data.truncation",
     )
@@ -142,5 +143,5 @@ def test_cli_exits_2_with_the_message(tiny_model, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"{path}, row 2: key 'demonstration' is an empty string" in proc.stderr
+    assert f"{path}: row 3: 'demonstration': demonstration is an empty string" in proc.stderr
     assert "TrainingWorker" not in proc.stdout + proc.stderr

@@ -254,10 +254,13 @@ def test_ctrl_c_keeps_finished_samples(tmp_path: Path, server: FakeOpenAI):
         ('{"prompt": [{"role": "user", "content": "q"}]}\n', "missing column(s) ['reward_model']"),
         (
             '{"prompt": [{"role": "user", "content": "q"}], "reward_model": {"style": "rule"}}\n',
-            "row 0: 'reward_model.ground_truth' is missing",
+            "row 1: 'reward_model.ground_truth': ground truth is missing",
         ),
-        ('{"prompt": "q", "reward_model": {"ground_truth": "1"}}\n', "row 0: 'prompt' is a string"),
-        ("not json\n", ":1: not valid JSON"),
+        (
+            '{"prompt": [{"role": "assistant", "content": "q"}], "reward_model": {"ground_truth": "1"}}\n',
+            "row 1: 'prompt': the last prompt message must be the user's",
+        ),
+        ("not json\n", "row 1: invalid JSON"),
     ],
 )
 def test_bad_input_fails_fast(tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture):
@@ -285,7 +288,7 @@ def test_unreadable_and_conflicting_files(tmp_path: Path, capsys: pytest.Capture
     row = {"prompt": [{"role": "user", "content": "q"}], "reward_model": {"ground_truth": "1"}}
     conflict.write_text(json.dumps(row) + "\n" + json.dumps({**row, "reward_model": {"ground_truth": "2"}}) + "\n")
     assert evalcli.main(["--model", "m", "--test_file", str(conflict), "--output", out]) == 2
-    assert "rows 0 and 1: same prompt, different ground truths" in capsys.readouterr().err
+    assert "rows 1 and 2: same prompt, different ground truths" in capsys.readouterr().err
 
 
 def test_parquet_layout_of_prepare_data(tmp_path: Path, server: FakeOpenAI):

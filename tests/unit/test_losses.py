@@ -135,6 +135,8 @@ def test_unknown_loss_mode_is_rejected():
 def test_psft_is_registered_in_verls_policy_loss_registry():
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
+    import recipe.psft.verl_adapters.policy_loss  # noqa: F401  (registers psft)
+
     class ActorCfg:
         clip_ratio = 0.2
         clip_ratio_low = EPS_LOW

@@ -13,6 +13,7 @@ import pytest
 
 import prepare_data
 from prepare.records import SYSTEM_PROMPT
+from recipe.psft.rows import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["data_source", "prompt", "demonstration", "ability", "reward_model", "extra_info"]
@@ -54,7 +55,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 def read(path: Path) -> list[dict]:
-    return [prepare_data.local.plain(r) for r in pd.read_parquet(path).to_dict("records")]
+    return [record for _, record in read_records(path)]
 
 
 def card(out: Path) -> dict:
@@ -212,11 +213,14 @@ def test_missing_key_lists_columns_present(tmp_path: Path, capsys) -> None:
     ("args", "message"),
     [
         (["--source", "local"], "--source local needs --input FILE"),
-        (["--source", "local", "--input", "does/not/exist.jsonl"], "input file not found"),
+        (["--source", "local", "--input", "does/not/exist.jsonl"], "does/not/exist.jsonl: no such file"),
         (["--source", "local", "--input", "prepare_data.py"], "unsupported file type '.py'"),
         (["--source", "builtin", "--max-length", "10"], "--max-length needs --tokenizer"),
         (["--source", "builtin", "--benchmarks", "gsm9k"], "unknown ['gsm9k']"),
         (["--source", "builtin", "--test-size", "-1"], "--test-size must be >= 0"),
+        (["--source", "builtin", "--chat-template-kwargs", "{}"], "--chat-template-kwargs needs --tokenizer"),
+        (["--source", "builtin", "--tokenizer", "t", "--chat-template-kwargs", "[1]"], "expected a JSON object"),
+        (["--source", "builtin", "--tokenizer", "t", "--chat-template-kwargs", "{x"], "not valid JSON"),
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:

@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from prepare import builtin
-from prepare.local import plain
 from prepare.records import SYSTEM_PROMPT
+from recipe.psft.rows import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +28,7 @@ def run_builtin(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def read(path: Path) -> list[dict]:
-    return [plain(r) for r in pd.read_parquet(path).to_dict("records")]
+    return [record for _, record in read_records(path)]
 
 
 @pytest.fixture(scope="module")

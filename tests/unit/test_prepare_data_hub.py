@@ -15,8 +15,8 @@ import pytest
 
 import prepare_data
 from prepare import hub
-from prepare.local import plain
 from prepare.records import SYSTEM_PROMPT, DataError, messages_of, to_row, validate
+from recipe.psft.rows import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_openr1_and_benchmarks_end_to_end_with_a_local_sample(tmp_path: Path, mo
     assert calls[0] == (hub.OPENR1_REPO, "train") and len(calls) == 1 + len(hub.BENCHMARKS)
     names = sorted(p.name for p in out.glob("*.parquet"))
     assert names == ["test.parquet"] + [f"test_{n}.parquet" for n in sorted(hub.BENCHMARKS)] + ["train.parquet"]
-    train = [plain(r) for r in pd.read_parquet(out / "train.parquet").to_dict("records")]
+    train = [record for _, record in read_records(out / "train.parquet")]
     assert len(train) == 2 and all(r["prompt"][0]["content"] == SYSTEM_PROMPT for r in train)
     amc = pd.read_parquet(out / "test_amc.parquet")
     assert list(amc["reward_model"].map(lambda r: r["ground_truth"])) == ["142", "0.5"]  # one row per problem
