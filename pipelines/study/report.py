@@ -48,7 +48,9 @@ def summarise(runs: list[Row]) -> list[Row]:
         row["acc_id"] = _mean_std(final("acc_id"))
         row["acc_ood"] = _mean_std(final("acc_ood"))
         row["forgetting"] = _mean_std([s - f for f, s in zip(final("acc_ood"), start("acc_ood"), strict=True)])
-        row["retention"] = _mean_std([f / s for f, s in zip(final("acc_ood"), start("acc_ood"), strict=True)])
+        row["retention"] = _mean_std(
+            [f / s if s else float("nan") for f, s in zip(final("acc_ood"), start("acc_ood"), strict=True)]
+        )
         row["entropy_id"] = _mean_std(final("entropy_id"))
         row["entropy_ood"] = _mean_std(final("entropy_ood"))
         row["ood_narrow_style"] = _mean_std(final("ood_narrow_style"))
