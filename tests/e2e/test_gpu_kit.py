@@ -167,7 +167,7 @@ assert tokenizers.__version__ == "0.22.2", tokenizers.__version__
 from transformers import PreTrainedTokenizerFast  # noqa: F401  (the tokenizer side needs no torch)
 assert md.version("verl") == "0.9.1"
 plugins = {ep.name: ep.value for ep in md.entry_points(group="verl.plugins")}
-assert plugins.get("psft_cpu") == "recipe.psft.cpu_platform", plugins
+assert plugins.get("psft_cpu") == "recipe.psft.verl_adapters.cpu_platform", plugins
 ray.init(address="local", num_cpus=1)  # as the trainer starts Ray
 assert ray.get(ray.remote(lambda: 6 * 7).remote()) == 42
 ray.shutdown()

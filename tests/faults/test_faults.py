@@ -21,7 +21,7 @@ from faults.fault_harness import (
     seconds_to_exit,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 STEPS = 4
 
