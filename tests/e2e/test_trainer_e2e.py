@@ -117,5 +117,7 @@ def test_seq_mean_token_mean_loss_does_not_depend_on_micro_batch_size(tiny_model
         assert_ok(runs[-1])
     for a, b in zip(runs[0].series("train/loss"), runs[1].series("train/loss"), strict=True):
         assert a == pytest.approx(b, rel=1e-5)
-    assert max_relative_difference(runs[0].final_weights(), runs[1].final_weights()) <= 1e-4
+    # Float summation order differs between the splits and Adam amplifies it for weights whose gradient
+    # is ~0 (1.4e-4 seen); a wrong per-sequence weighting moves weights by ~1e-2 of their scale here.
+    assert max_relative_difference(runs[0].final_weights(), runs[1].final_weights()) <= 1e-3
     assert torch.is_tensor(next(iter(runs[0].final_weights().values())))
