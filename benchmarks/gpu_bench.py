@@ -132,15 +132,6 @@ def prepare(args: argparse.Namespace) -> None:
 # --- steps ---------------------------------------------------------------------------------------
 
 
-def apply_cpu_defaults_if_any(config) -> bool:
-    """The recipe's CPU defaults (a no-op on GPU hosts); the module moved in the verl_adapters refactor."""
-    try:
-        from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
-    except ImportError:
-        from recipe.psft.cpu_platform import apply_cpu_defaults
-    return apply_cpu_defaults(config)
-
-
 def peak_memory_gib(trainer, reset: bool) -> list[float]:
     """Each worker's peak accelerator memory since the last reset (CPU: peak resident set size)."""
     import ray
@@ -169,6 +160,7 @@ def steps(args: argparse.Namespace) -> None:
 
     from recipe.psft.config_checks import check_config
     from recipe.psft.psft_trainer import PSFTTrainer
+    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults  # a no-op on GPU hosts
 
     k, batch_size = args.k, args.batch
     if batch_size % k:
@@ -189,7 +181,7 @@ def steps(args: argparse.Namespace) -> None:
                 *args.overrides,
             ],
         )
-    if not apply_cpu_defaults_if_any(config):
+    if not apply_cpu_defaults(config):
         auto_set_device(config)
     check_config(config)
     trainer = PSFTTrainer(config=config)

@@ -101,11 +101,8 @@ def main() -> None:
 
     from psft_assets.tiny_model import build_tiny_model
     from recipe.psft.psft_trainer import PSFTTrainer
+    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
 
-    try:  # the module's home after the verl_adapters refactor, and before it
-        from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
-    except ImportError:
-        from recipe.psft.cpu_platform import apply_cpu_defaults
 
     work = Path(tempfile.mkdtemp(prefix="psft_metrics_cost_"))
     model = args.model

@@ -46,11 +46,8 @@ def main() -> None:
     from psft_assets.toy_rows import make_rows
     from recipe.psft import reference as reference_cache
     from recipe.psft.psft_trainer import PSFTTrainer
+    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
 
-    try:  # the module's home after the verl_adapters refactor, and before it
-        from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
-    except ImportError:
-        from recipe.psft.cpu_platform import apply_cpu_defaults
 
     work = Path(tempfile.mkdtemp(prefix="psft_reference_cost_"))
     model = args.model or str(
