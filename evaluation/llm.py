@@ -25,6 +25,8 @@ from typing import Any
 
 from ray import serve
 
+from recipe.psft.verl_adapters.ray_bootstrap import init_serving_ray
+
 OWN_KEYS = ("host", "port", "num-replicas")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -111,9 +113,9 @@ class VLLMServer:
 def _gpus_in_cluster() -> int:
     import ray
 
-    if not ray.is_initialized():
-        # `serve run` calls this builder before its own ray.init; connect the same way it would.
-        ray.init(address=os.environ.get("RAY_ADDRESS"), namespace=SERVE_NAMESPACE)
+    # `serve run` calls this builder before its own ray.init: join the cluster it would join, or
+    # start the local instance it would start, but on 127.0.0.1 only.
+    init_serving_ray(SERVE_NAMESPACE)
     return int(ray.cluster_resources().get("GPU", 0))
 
 
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or any("=" not in a for a in argv):
         raise SystemExit(__doc__)
     args = dict(a.split("=", 1) for a in argv)
-    ray.init(address="local", namespace=SERVE_NAMESPACE, include_dashboard=False)
+    init_serving_ray(SERVE_NAMESPACE, join_existing=False)  # a private instance: 127.0.0.1, no dashboard
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         serve.run(build_app(args), name="default", route_prefix="/", blocking=False)

@@ -141,6 +141,7 @@ def serve_app(assets: dict[str, Path]) -> Iterator[str]:
     env["RAY_ADDRESS"] = "local"  # never join another Ray cluster on this machine
     log = open(assets["root"] / "serve.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    assets["serve_pid"] = proc.pid  # type: ignore[assignment]
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -183,6 +184,27 @@ def test_serve_app_is_openai_compatible_and_local(serve_app: str, assets: dict[s
     listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
     if listening.strip():  # bound to loopback only
         assert all("127.0.0.1:" in line for line in listening.splitlines())
+    # The Ray instance `serve run` got from the builder (GCS, raylet, agents, Serve's controller and
+    # proxy, the replica) listens on loopback only.
+    ray_sockets = _listening_sockets(int(assets["serve_pid"]))
+    assert ray_sockets, "no listening socket found: the probe is broken"
+    exposed = {a: t for a, t in ray_sockets.items() if not a.startswith(("127.", "::ffff:127.", "::1:"))}
+    assert not exposed, f"listening on non-loopback addresses: {exposed}"
+
+
+def _listening_sockets(pid: int) -> dict[str, str]:
+    """{address:port: process name} of the TCP sockets a process tree listens on."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            conns, name = proc.net_connections(kind="tcp"), proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        found.update({f"{c.laddr.ip}:{c.laddr.port}": name for c in conns if c.status == psutil.CONN_LISTEN})
+    return found
 
 
 def test_client_through_serve(serve_app: str, assets: dict[str, Path]):

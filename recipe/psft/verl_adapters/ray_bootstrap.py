@@ -20,6 +20,31 @@ def bind_local_ray_to_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def loopback_requested() -> bool:
+    """Local Ray instances bind to 127.0.0.1 unless ``PSFT_RAY_LOOPBACK=0``."""
+    return os.environ.get("PSFT_RAY_LOOPBACK", "1") != "0"
+
+
+def init_serving_ray(namespace: str, join_existing: bool = True) -> None:
+    """``ray.init`` for the evaluation server: join the cluster in ``RAY_ADDRESS`` or one that
+    ``ray start`` runs on this host (``join_existing``), else start a private local instance on
+    127.0.0.1 without a dashboard (what `serve run` would otherwise start on every interface)."""
+    import ray
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") if join_existing else "local"
+    if not address and join_existing and canonicalize_bootstrap_address(None):
+        address = "auto"  # what ray.init() without an address would join
+    if address and address != "local":
+        ray.init(address=address, namespace=namespace)
+        return
+    if loopback_requested():
+        bind_local_ray_to_loopback()
+    ray.init(address="local", namespace=namespace, include_dashboard=False)
+
+
 def ensure_ray(config: Any) -> None:
     """Join the cluster in ``RAY_ADDRESS`` (job submission) or start a local Ray instance."""
     import ray
@@ -33,7 +58,7 @@ def ensure_ray(config: Any) -> None:
     # No dashboard (no HTTP API to expose) and every port on 127.0.0.1 (PSFT_RAY_LOOPBACK=0: Ray's default
     # addresses; loopback mode's dashboard agent takes the fixed 127.0.0.1:52365, so a second local Ray
     # on the same host fails to start while one holds it).
-    if os.environ.get("PSFT_RAY_LOOPBACK", "1") != "0":
+    if loopback_requested():
         bind_local_ray_to_loopback()
     kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False}
     if config.trainer.device == "cpu":

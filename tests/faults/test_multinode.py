@@ -1,0 +1,158 @@
+"""Two Ray nodes on this host, PSFT with trainer.nnodes=2 through scripts/submit_job.sh, the worker node lost.
+
+What the README's multi-node section describes, for real. The cluster is Ray's own multi-node test
+facility (``ray.cluster_utils.Cluster``): a head node with the job API and a second node, each a full
+set of Ray processes (raylet, agents, workers) on 127.0.0.1. Each node advertises 12 logical CPUs and
+verl asks 10 per worker bundle, so the two per-node placement groups of ``trainer.nnodes=2
+trainer.n_gpus_per_node=1`` must land on different nodes. The test runs an uninterrupted 2-node job,
+then the same job with the worker node killed after step 2 (every process of that node, as a lost
+machine), brings the node back, resubmits, and expects the uninterrupted run's weights.
+
+Why not two ``ray start``: Ray's CLI turns a 127.0.0.1 head address into the machine's outward address
+before joining, and refuses to join at all in its loopback mode; a test must not open ports on the
+machine's network. The Cluster facility starts the same processes without that rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from faults.fault_harness import assert_same_weights
+from trainer_harness import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
+
+CPUS_PER_NODE = 12  # verl's worker bundle takes 10 logical CPUs: one bundle per node, never two
+STEPS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    import ray._private.ray_constants as ray_constants
+    from ray.cluster_utils import Cluster
+
+    # Ray's single-machine mode: every node's address is 127.0.0.1 (inherited by the nodes' processes).
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    dashboard = free_port()
+    head_args = {"num_cpus": CPUS_PER_NODE, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                 "dashboard_port": dashboard}  # fmt: skip
+    nodes = Cluster(initialize_head=True, head_node_args=head_args, shutdown_at_exit=False)
+    try:
+        nodes.add_node(num_cpus=CPUS_PER_NODE)
+        nodes.wait_for_nodes(timeout=120)
+        yield {"nodes": nodes, "address": f"http://127.0.0.1:{dashboard}"}
+    finally:
+        nodes.shutdown()
+
+
+def worker_node(cluster):
+    (node,) = cluster["nodes"].worker_nodes
+    return node
+
+
+def training_workers_on(node) -> list[psutil.Process]:
+    """The verl TrainingWorker processes this node's raylet started (Ray workers are its children)."""
+    import ray._private.ray_constants as ray_constants
+
+    raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+    return [p for p in raylet.children(recursive=True) if "TrainingWorker" in " ".join(p.cmdline())]
+
+
+def submit(cluster, run_dir: Path, tiny_model: Path, train: Path) -> subprocess.Popen:
+    """``scripts/submit_job.sh`` as a user runs it; its output goes to ``run_dir/submit_<n>.txt``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": cluster["address"],
+        "PYTHON": sys.executable,
+        "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"),
+        "ENV_VARS": "VERL_FILE_LOGGER_PATH RAY_DEDUP_LOGS=0",
+    }
+    overrides = [
+        f"model.path={tiny_model}", f"data.train_files={train}", "data.val_files=null",
+        "trainer.nnodes=2", "trainer.n_gpus_per_node=1", "data.train_batch_size=8", "psft.mini_batch_size=4",
+        "psft.shuffle_mini_batches=true", "data.max_length=512", "data.micro_batch_size_per_gpu=2",
+        f"trainer.total_training_steps={STEPS}", "trainer.save_freq=1", "trainer.logger=[console,file]",
+        "optim.lr=1e-3", "optim.lr_warmup_steps=0", "model.enable_gradient_checkpointing=false",
+        f"trainer.default_local_dir={run_dir / 'ckpt'}",
+    ]  # fmt: skip
+    output = open(run_dir / f"submit_{len(list(run_dir.glob('submit_*.txt')))}.txt", "w")
+    return subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "submit_job.sh"), *overrides], env=env, stdout=output, stderr=subprocess.STDOUT
+    )
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        if "train/loss" in entry["data"]:
+            steps.append(entry["step"])
+    return steps
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    step = (run_dir / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip()
+    return load_file(str(run_dir / "ckpt" / f"global_step_{step}" / "huggingface" / "model.safetensors"))
+
+
+def outputs(run_dir: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(run_dir.glob("submit_*.txt")))
+
+
+def test_two_nodes_lose_the_worker_node_and_resume_to_the_same_weights(cluster, tiny_model, toy_data, tmp_path):
+    train = toy_data["train24"]
+    reference = tmp_path / "reference"
+    assert submit(cluster, reference, tiny_model, train).wait(timeout=900) == 0, outputs(reference)[-5000:]
+    assert logged_steps(reference) == list(range(1, STEPS + 1))
+    assert "succeeded" in outputs(reference)
+
+    faulty = tmp_path / "faulty"
+    job = submit(cluster, faulty, tiny_model, train)
+    deadline = time.monotonic() + 900
+    while 2 not in logged_steps(faulty):
+        assert job.poll() is None, outputs(faulty)[-5000:]
+        assert time.monotonic() < deadline, "no step 2 within 900 s"
+        time.sleep(0.2)
+    lost = worker_node(cluster)
+    assert len(training_workers_on(lost)) == 1, "the run does not span both nodes"
+    assert len(training_workers_on(cluster["nodes"].head_node)) == 1
+    lost_at = time.monotonic()
+    cluster["nodes"].remove_node(lost, allow_graceful=False)  # the machine is gone: raylet, agents, workers
+    assert job.wait(timeout=300) != 0, outputs(faulty)[-5000:]
+    detected = time.monotonic() - lost_at
+    text = outputs(faulty)
+    assert "a training worker or its node died during step" in text, text[-5000:]
+    print(f"worker node killed after step 2 -> job failed in {detected:.1f} s")
+    assert detected < 120, f"the driver took {detected:.0f} s to notice the lost node"
+
+    cluster["nodes"].add_node(num_cpus=CPUS_PER_NODE)  # the node comes back
+    cluster["nodes"].wait_for_nodes(timeout=120)
+    assert submit(cluster, faulty, tiny_model, train).wait(timeout=900) == 0, outputs(faulty)[-5000:]
+    assert "resuming from" in outputs(faulty)
+    assert logged_steps(faulty) == list(range(1, STEPS + 1)), logged_steps(faulty)
+    assert_same_weights(final_weights(faulty), final_weights(reference))
