@@ -52,9 +52,19 @@ METRIC_REDUCTION = {"ratio_max": "max", "ratio_min": "min"}
 ARGMAX_HIT = "argmax_hit"
 PROBE_ENTROPY = "probe_entropy"
 
-# Rows of logits handled at once by the no-grad metrics probe: bounds its temporary memory to
-# two [rows, vocab] float tensors (about 0.6 GB each at a 151k vocabulary in fp32).
+# Rows of logits handled at once by the no-grad metrics probe. On a GPU, 1024 rows bound its
+# temporaries (two [rows, vocab] fp32 tensors, about 0.6 GB each at a 151k vocabulary). On a CPU the
+# probe is bound by memory traffic: its five passes over a chunk run from cache when the chunk is about
+# 2.4 MB (4 rows at a 151k vocabulary), measured 2.3x faster than 1024-row chunks on 2 cores.
 PROBE_CHUNK_ROWS = 1024
+PROBE_CHUNK_ELEMENTS_CPU = 600_000
+
+
+def probe_chunk_rows(vocab: int, device: torch.device) -> int:
+    """Rows of logits per chunk of the metrics probe on ``device``."""
+    if device.type == "cpu":
+        return max(1, PROBE_CHUNK_ELEMENTS_CPU // max(1, vocab))
+    return PROBE_CHUNK_ROWS
 
 
 def psft_surrogate(
@@ -79,14 +89,13 @@ def entropy_and_argmax_hit(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     """
     entropy = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     hit = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    for start in range(0, logits.shape[0], PROBE_CHUNK_ROWS):
-        chunk = logits[start : start + PROBE_CHUNK_ROWS].float()
+    rows = probe_chunk_rows(logits.shape[-1], logits.device)
+    for start in range(0, logits.shape[0], rows):
+        chunk = logits[start : start + rows].float()
         log_z = torch.logsumexp(chunk, dim=-1)
         probs = torch.softmax(chunk, dim=-1)
-        entropy[start : start + PROBE_CHUNK_ROWS] = log_z - (probs * chunk).sum(dim=-1)
-        hit[start : start + PROBE_CHUNK_ROWS] = (
-            chunk.argmax(dim=-1) == labels[start : start + PROBE_CHUNK_ROWS]
-        ).float()
+        entropy[start : start + rows] = log_z - (probs * chunk).sum(dim=-1)
+        hit[start : start + rows] = (chunk.argmax(dim=-1) == labels[start : start + rows]).float()
     return entropy, hit
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipe.psft.losses import TokenLoss, entropy_and_argmax_hit
+from recipe.psft.losses import TokenLoss, entropy_and_argmax_hit, probe_chunk_rows
 
 
 def nested(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -157,6 +157,20 @@ def test_probe_entropy_and_accuracy_match_a_direct_computation_without_a_graph()
     torch.testing.assert_close(entropy, -(probs * probs.log()).sum(-1))
     assert torch.equal(hit, (logits.detach().argmax(-1) == labels).float())
     assert not entropy.requires_grad and entropy.grad_fn is None and hit.grad_fn is None
+
+
+def test_probe_uses_cache_sized_chunks_on_cpu_and_covers_a_partial_last_chunk():
+    vocab = 250_000  # 2 rows per chunk on CPU: 5 rows make chunks of 2, 2 and 1
+    assert probe_chunk_rows(vocab, torch.device("cpu")) == 2
+    assert probe_chunk_rows(vocab, torch.device("cuda")) == 1024
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(5, vocab, generator=gen) * 4
+    labels = logits.argmax(-1)
+    labels[3] = (labels[3] + 1) % vocab
+    entropy, hit = entropy_and_argmax_hit(logits, labels)
+    exact = torch.distributions.Categorical(logits=logits.double()).entropy().float()
+    torch.testing.assert_close(entropy, exact, rtol=5e-4, atol=0)  # fp32 sums over 250k terms
+    assert hit.tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
 
 
 def test_loss_reports_probe_entropy_and_accuracy_as_token_means():
