@@ -21,7 +21,7 @@ from faults.fault_harness import (
     seconds_to_exit,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.extended]
+pytestmark = pytest.mark.slow
 
 STEPS = 4
 

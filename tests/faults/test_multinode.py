@@ -28,7 +28,7 @@ import pytest
 from faults.fault_harness import assert_same_weights
 from trainer_harness import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.extended]
+pytestmark = pytest.mark.slow
 
 CPUS_PER_NODE = 12  # verl's worker bundle takes 10 logical CPUs: one bundle per node, never two
 STEPS = 4
