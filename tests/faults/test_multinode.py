@@ -43,6 +43,7 @@ def free_port() -> int:
 @pytest.fixture
 def cluster(monkeypatch):
     import ray._private.ray_constants as ray_constants
+    from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
     # Ray's single-machine mode: every node's address is 127.0.0.1 (inherited by the nodes' processes).
@@ -52,6 +53,10 @@ def cluster(monkeypatch):
     dashboard = free_port()
     head_args = {"num_cpus": CPUS_PER_NODE, "include_dashboard": True, "dashboard_host": "127.0.0.1",
                  "dashboard_port": dashboard}  # fmt: skip
+    # The facility records its head as this host's "current cluster" (what a bare ray.init() joins):
+    # put back what was there before, so no later Ray user on this host is pointed at a dead cluster.
+    address_file = Path(get_ray_address_file(None))
+    previous = address_file.read_text() if address_file.exists() else None
     nodes = Cluster(initialize_head=True, head_node_args=head_args, shutdown_at_exit=False)
     try:
         nodes.add_node(num_cpus=CPUS_PER_NODE)
@@ -59,6 +64,10 @@ def cluster(monkeypatch):
         yield {"nodes": nodes, "address": f"http://127.0.0.1:{dashboard}"}
     finally:
         nodes.shutdown()
+        if previous is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(previous)
 
 
 def worker_node(cluster):
