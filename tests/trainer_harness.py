@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,10 +24,53 @@ class Run:
         return [entry["data"][key] for entry in self.log if key in entry["data"]]
 
     def final_weights(self) -> dict:
-        from safetensors.torch import load_file
+        return final_weights(self.ckpt_dir)
 
-        latest = (self.ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip()
-        return load_file(str(self.ckpt_dir / f"global_step_{latest}" / "huggingface" / "model.safetensors"))
+
+def final_weights(ckpt_dir: Path) -> dict:
+    """The HF weights of the checkpoint the tracker names (the run's latest)."""
+    from safetensors.torch import load_file
+
+    latest = (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip()
+    return load_file(str(ckpt_dir / f"global_step_{latest}" / "huggingface" / "model.safetensors"))
+
+
+def logged_train_steps(log_path: Path) -> list[int]:
+    """Steps with a ``train/loss`` entry in a file log, read while it may still be written
+    (a partly written last line is skipped)."""
+    if not log_path.exists():
+        return []
+    steps = []
+    for line in log_path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if "train/loss" in entry["data"]:
+            steps.append(entry["step"])
+    return steps
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening_sockets(pid: int) -> dict[str, str]:
+    """{address:port: process title} of every TCP socket a process tree listens on."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="tcp")
+            title = "driver" if proc.pid == pid else " ".join(proc.cmdline())[:60]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        found.update({f"{c.laddr.ip}:{c.laddr.port}": title for c in conns if c.status == psutil.CONN_LISTEN})
+    return found
 
 
 def base_overrides(model: Path, train: Path, out: Path) -> list[str]:

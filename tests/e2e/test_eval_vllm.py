@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from trainer_harness import free_port, listening_sockets
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 16
@@ -124,16 +124,10 @@ def test_in_process_vllm_and_resume(assets: dict[str, Path]):
     _check_rows(after)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_app(assets: dict[str, Path]) -> Iterator[str]:
     """``serve run evaluation.llm:build_app`` on a private local Ray instance and a free port."""
-    port = _free_port()
+    port = free_port()
     serve_bin = Path(sys.executable).with_name("serve")
     cmd = [str(serve_bin), "run", "evaluation.llm:build_app", f"model={assets['model']}", "tensor-parallel-size=1"]
     cmd += [f"port={port}", "dtype=float32"]
@@ -186,27 +180,12 @@ def test_serve_app_is_openai_compatible_and_local(serve_app: str, assets: dict[s
         assert all("127.0.0.1:" in line for line in listening.splitlines())
     # The Ray instance `serve run` got from the builder (GCS, raylet, agents, Serve's controller and
     # proxy, the replica) listens on loopback only.
-    ray_sockets = _listening_sockets(int(assets["serve_pid"]))
+    ray_sockets = listening_sockets(int(assets["serve_pid"]))
     assert ray_sockets, "no listening socket found: the probe is broken"
     exposed = {a: t for a, t in ray_sockets.items() if not a.startswith(("127.", "::ffff:127.", "::1:"))}
     # vLLM's engine in the replica opens torch.distributed's rendezvous store (rank 0's TCPStore), which
     # listens on every interface and has no bind-address option; no Ray process may.
     assert len(exposed) <= 1 and all("ServeReplica" in title for title in exposed.values()), exposed
-
-
-def _listening_sockets(pid: int) -> dict[str, str]:
-    """{address:port: process name} of the TCP sockets a process tree listens on."""
-    import psutil
-
-    root = psutil.Process(pid)
-    found = {}
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            conns, name = proc.net_connections(kind="tcp"), proc.name()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        found.update({f"{c.laddr.ip}:{c.laddr.port}": name for c in conns if c.status == psutil.CONN_LISTEN})
-    return found
 
 
 def test_client_through_serve(serve_app: str, assets: dict[str, Path]):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from trainer_harness import final_weights, listening_sockets, logged_train_steps
 
 # One configuration for every fault: 4 steps over train24 (3 steps per epoch, so a resume crosses an
 # epoch boundary), k = 2 shuffled updates per step, a checkpoint every step, 2 kept.
@@ -64,10 +65,7 @@ class Run:
         return int(tracker.read_text()) if tracker.exists() else None
 
     def final_weights(self) -> dict:
-        from safetensors.torch import load_file
-
-        folder = self.ckpt_dir / f"global_step_{self.tracker()}" / "huggingface" / "model.safetensors"
-        return load_file(str(folder))
+        return final_weights(self.ckpt_dir)
 
 
 def overrides(model: Path, train: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -98,17 +96,7 @@ class Trainer:
         )
 
     def logged_steps(self) -> list[int]:
-        if not self.log_path.exists():
-            return []
-        steps = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if "train/loss" in entry["data"]:
-                steps.append(entry["step"])
-        return steps
+        return logged_train_steps(self.log_path)
 
     def wait_for_step(self, step: int, timeout: float = 400) -> None:
         deadline = time.monotonic() + timeout
@@ -130,16 +118,7 @@ class Trainer:
 
     def listening_sockets(self) -> dict[str, str]:
         """{host:port: process title} of every TCP socket this run's processes listen on."""
-        procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
-        found = {}
-        for proc in procs:
-            try:
-                conns = proc.net_connections(kind="tcp")
-                title = " ".join(proc.cmdline())[:60] if proc.pid != self.proc.pid else "driver"
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            found.update({f"{c.laddr.ip}:{c.laddr.port}": title for c in conns if c.status == psutil.CONN_LISTEN})
-        return found
+        return listening_sockets(self.proc.pid)
 
     def tail(self) -> str:
         return self.output_path.read_text()[-6000:]

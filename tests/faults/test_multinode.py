@@ -15,9 +15,7 @@ machine's network. The Cluster facility starts the same processes without that r
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +24,12 @@ from pathlib import Path
 import psutil
 import pytest
 from faults.fault_harness import assert_same_weights
-from trainer_harness import REPO
+from trainer_harness import REPO, final_weights, free_port, logged_train_steps
 
 pytestmark = pytest.mark.slow
 
 CPUS_PER_NODE = 12  # verl's worker bundle takes 10 logical CPUs: one bundle per node, never two
 STEPS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -108,25 +100,7 @@ def submit(cluster, run_dir: Path, tiny_model: Path, train: Path) -> subprocess.
 
 
 def logged_steps(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:  # a line being written
-            continue
-        if "train/loss" in entry["data"]:
-            steps.append(entry["step"])
-    return steps
-
-
-def final_weights(run_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    step = (run_dir / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip()
-    return load_file(str(run_dir / "ckpt" / f"global_step_{step}" / "huggingface" / "model.safetensors"))
+    return logged_train_steps(run_dir / "metrics.jsonl")
 
 
 def outputs(run_dir: Path) -> str:
@@ -164,4 +138,4 @@ def test_two_nodes_lose_the_worker_node_and_resume_to_the_same_weights(cluster, 
     assert submit(cluster, faulty, tiny_model, train).wait(timeout=900) == 0, outputs(faulty)[-5000:]
     assert "resuming from" in outputs(faulty)
     assert logged_steps(faulty) == list(range(1, STEPS + 1)), logged_steps(faulty)
-    assert_same_weights(final_weights(faulty), final_weights(reference))
+    assert_same_weights(final_weights(faulty / "ckpt"), final_weights(reference / "ckpt"))
