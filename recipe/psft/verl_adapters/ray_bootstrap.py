@@ -20,9 +20,18 @@ def bind_local_ray_to_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def loopback_requested() -> bool:
-    """Local Ray instances bind to 127.0.0.1 unless ``PSFT_RAY_LOOPBACK=0``."""
-    return os.environ.get("PSFT_RAY_LOOPBACK", "1") != "0"
+def start_local_ray(**init_kwargs: Any) -> None:
+    """A fresh, private local Ray instance (``address="local"``: never a stale `ray start` cluster on
+    this host), without a dashboard (no HTTP API to expose) and with every port on 127.0.0.1.
+
+    ``PSFT_RAY_LOOPBACK=0`` keeps Ray's default addresses: loopback mode's dashboard agent takes the
+    fixed 127.0.0.1:52365, so a second local Ray on the same host fails to start while one holds it.
+    """
+    import ray
+
+    if os.environ.get("PSFT_RAY_LOOPBACK", "1") != "0":
+        bind_local_ray_to_loopback()
+    ray.init(address="local", include_dashboard=False, **init_kwargs)
 
 
 def init_serving_ray(namespace: str, join_existing: bool = True) -> None:
@@ -40,9 +49,7 @@ def init_serving_ray(namespace: str, join_existing: bool = True) -> None:
     if address and address != "local":
         ray.init(address=address, namespace=namespace)
         return
-    if loopback_requested():
-        bind_local_ray_to_loopback()
-    ray.init(address="local", namespace=namespace, include_dashboard=False)
+    start_local_ray(namespace=namespace)
 
 
 def ensure_ray(config: Any) -> None:
@@ -54,13 +61,7 @@ def ensure_ray(config: Any) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    # address="local": always a fresh local instance, never a stale `ray start` cluster on this host.
-    # No dashboard (no HTTP API to expose) and every port on 127.0.0.1 (PSFT_RAY_LOOPBACK=0: Ray's default
-    # addresses; loopback mode's dashboard agent takes the fixed 127.0.0.1:52365, so a second local Ray
-    # on the same host fails to start while one holds it).
-    if loopback_requested():
-        bind_local_ray_to_loopback()
-    kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False}
+    kwargs: dict[str, Any] = {}
     if config.trainer.device == "cpu":
         # verl's RayResourcePool asks max_colocate_count (10) logical CPUs per worker bundle on top
         # of the worker's own: advertise enough logical CPUs for every worker.
@@ -68,4 +69,4 @@ def ensure_ray(config: Any) -> None:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, 16 * workers)
         # Ray pins each worker to OMP_NUM_THREADS=1 unless the variable is set: share the cores out.
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    ray.init(**kwargs)
+    start_local_ray(**kwargs)
