@@ -160,7 +160,7 @@ def test_probe_entropy_and_accuracy_match_a_direct_computation_without_a_graph()
 
 
 def test_probe_uses_cache_sized_chunks_on_cpu_and_covers_a_partial_last_chunk():
-    vocab = 250_000  # 2 rows per chunk on CPU: 5 rows make chunks of 2, 2 and 1
+    vocab = 800_000  # 2 rows per chunk on CPU: 5 rows make chunks of 2, 2 and 1
     assert probe_chunk_rows(vocab, torch.device("cpu")) == 2
     assert probe_chunk_rows(vocab, torch.device("cuda")) == 1024
     gen = torch.Generator().manual_seed(9)
@@ -169,8 +169,27 @@ def test_probe_uses_cache_sized_chunks_on_cpu_and_covers_a_partial_last_chunk():
     labels[3] = (labels[3] + 1) % vocab
     entropy, hit = entropy_and_argmax_hit(logits, labels)
     exact = torch.distributions.Categorical(logits=logits.double()).entropy().float()
-    torch.testing.assert_close(entropy, exact, rtol=2e-6, atol=0)  # fp32, 250k terms, shifted by the max
+    torch.testing.assert_close(entropy, exact, rtol=2e-6, atol=0)  # fp32, 800k terms, shifted by the max
     assert hit.tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
+
+
+def test_probe_computes_only_masked_rows_across_spans_and_chunk_edges():
+    # Three spans of demonstration tokens (the first at row 0, the last at the final row), one of
+    # them longer than a chunk, so spans and chunks cut each other in every way.
+    gen = torch.Generator().manual_seed(10)
+    vocab = 2_000_000 // 3  # 3 rows per CPU chunk
+    logits = torch.randn(12, vocab, generator=gen) * 3
+    labels = torch.randint(0, vocab, (12,), generator=gen)
+    labels[[0, 5, 11]] = logits[[0, 5, 11]].argmax(-1)
+    mask = torch.tensor([1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    entropy, hit = entropy_and_argmax_hit(logits, labels, mask)
+    exact = torch.distributions.Categorical(logits=logits.double()).entropy().float()
+    torch.testing.assert_close(entropy[mask], exact[mask], rtol=2e-6, atol=0)
+    assert torch.equal(hit[mask], (logits.argmax(-1) == labels).float()[mask])
+    assert not entropy[~mask].any() and not hit[~mask].any()  # never computed
+    assert hit[[0, 5, 11]].tolist() == [1.0, 1.0, 1.0]
+    empty_entropy, empty_hit = entropy_and_argmax_hit(logits, labels, torch.zeros(12, dtype=torch.bool))
+    assert not empty_entropy.any() and not empty_hit.any()
 
 
 def test_loss_reports_probe_entropy_and_accuracy_as_token_means():

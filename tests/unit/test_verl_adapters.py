@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipe.psft.losses import ARGMAX_HIT, TokenLoss
+from recipe.psft.losses import ARGMAX_HIT, PROBE_ENTROPY, TokenLoss
 from recipe.psft.verl_adapters import (
     TESTED_VERL_VERSION,
     UntestedVerlError,
@@ -55,6 +55,11 @@ def test_logits_probe_marks_argmax_hits_and_passes_loss_calls_through():
     probe = WithLogitsProbe(TokenLoss("sft"))
     hits = probe(student_logits=logits, data=data)[ARGMAX_HIT]
     assert hits.tolist() == [[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]]
+    # With the batch's loss mask, only tokens that predict a demonstration token are probed.
+    loss_mask = torch.nested.nested_tensor_from_jagged(torch.tensor([0, 0, 1, 0, 1, 1]), torch.tensor([0, 3, 6]))
+    probed = probe(student_logits=logits, data={**data, "loss_mask": loss_mask})
+    assert probed[ARGMAX_HIT].tolist() == [[0.0, 0.0, 0.0, 1.0, 1.0, 0.0]]
+    assert probed[PROBE_ENTROPY][0, [1, 3, 4]].gt(0).all() and not probed[PROBE_ENTROPY][0, [0, 2, 5]].any()
 
     log_probs = torch.tensor([-1.0, -2.0, -3.0, -0.5, -0.5, -0.5])
     offsets = torch.tensor([0, 3, 6])

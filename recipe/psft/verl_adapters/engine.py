@@ -37,9 +37,16 @@ def logits_hook_meta(enabled: bool) -> dict[str, bool]:
 
 def token_probe(logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
     """Per token of the packed micro-batch, shaped (1, total_nnz) as the hook expects: 1.0 where the
-    logits' argmax is the next token, and the entropy of the next-token distribution (no grad)."""
+    logits' argmax is the next token, and the entropy of the next-token distribution (no grad).
+
+    Computed where the next token is a demonstration token (the shifted loss mask, as the loss reads
+    it), 0 elsewhere: every consumer averages these over demonstration tokens only.
+    """
     labels = torch.roll(data["input_ids"].values(), shifts=-1, dims=0).to(logits.device)
-    entropy, hit = entropy_and_argmax_hit(logits.squeeze(0), labels)
+    mask = None
+    if "loss_mask" in data.keys():
+        mask = torch.roll(data["loss_mask"].values(), shifts=-1, dims=0).to(logits.device)
+    entropy, hit = entropy_and_argmax_hit(logits.squeeze(0), labels, mask)
     return {ARGMAX_HIT: hit.unsqueeze(0), PROBE_ENTROPY: entropy.unsqueeze(0)}
 
 
