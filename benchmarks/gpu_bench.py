@@ -16,20 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import QWEN25_05B_WIDTHS, build_trainer, first_batch, worker_peaks_gib
 
 # Qwen2.5-0.5B's shape (494M parameters with its 151936-entry vocabulary, tied embeddings). The
 # tokenizer has 512 entries; the embedding rows above it are never used by the data, but the logits
 # (and so the memory and time of token metrics) have the real model's width.
 SIZES = {
-    "0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864, vocab=151936),
+    "0.5b": dict(QWEN25_05B_WIDTHS, num_layers=24, vocab=151936),
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab=2048),
 }
 
@@ -132,60 +131,24 @@ def prepare(args: argparse.Namespace) -> None:
 # --- steps ---------------------------------------------------------------------------------------
 
 
-def peak_memory_gib(trainer, reset: bool) -> list[float]:
-    """Each worker's peak accelerator memory since the last reset (CPU: peak resident set size)."""
-    import ray
-
-    def read(_actor, reset_after: bool) -> float:
-        import torch
-
-        if torch.cuda.is_available():
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            if reset_after:
-                torch.cuda.reset_peak_memory_stats()
-            return peak
-        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-        return float("nan")
-
-    return ray.get([w.__ray_call__.remote(read, reset) for w in trainer.training_client.workers])
-
-
 def steps(args: argparse.Namespace) -> None:
-    from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
-    from verl.utils import tensordict_utils as tu
-    from verl.utils.device import auto_set_device
-
-    from recipe.psft.config_checks import check_config
-    from recipe.psft.psft_trainer import PSFTTrainer
-    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults  # a no-op on GPU hosts
 
     k, batch_size = args.k, args.batch
     if batch_size % k:
         fail(f"--batch {batch_size} is not a multiple of --k {k}")
     work = Path(tempfile.mkdtemp(prefix="psft_gpu_bench_"))
-    with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
-        config = compose(
-            config_name="psft_trainer",
-            overrides=[
-                f"model.path={args.model}",
-                f"data.train_files={args.train}",
-                "data.val_files=null",
-                f"data.train_batch_size={batch_size}",
-                f"psft.mini_batch_size={batch_size // k}",
-                f"trainer.n_gpus_per_node={args.workers}",
-                "trainer.logger=[console]",
-                f"trainer.default_local_dir={work / 'ckpt'}",
-                *args.overrides,
-            ],
-        )
-    if not apply_cpu_defaults(config):
-        auto_set_device(config)
-    check_config(config)
-    trainer = PSFTTrainer(config=config)
-    batch = tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer._base_meta())
+    config, trainer = build_trainer(
+        args.model,
+        args.train,
+        work,
+        batch=batch_size,
+        mini_batch=batch_size // k,
+        workers=args.workers,
+        settings=["data.val_files=null"],
+        overrides=args.overrides,
+    )
+    batch = first_batch(trainer)
     seqlens = trainer._get_batch_seqlens(batch).tolist()
     tokens = sum(seqlens)
     print(
@@ -208,7 +171,7 @@ def steps(args: argparse.Namespace) -> None:
     peaks: dict[str, float] = {name: 0.0 for name in variants}
     names = list(variants)
     step = 10_000  # past any warm-up schedule
-    peak_memory_gib(trainer, reset=True)
+    worker_peaks_gib(trainer, reset=True)
     for round_index in range(args.warmup_rounds + args.rounds):
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
@@ -222,7 +185,7 @@ def steps(args: argparse.Namespace) -> None:
             step += 1
             if not math.isfinite(metrics.get("train/loss", float("nan"))):
                 fail(f"{name}: train/loss is {metrics.get('train/loss')} at round {round_index + 1}")
-            peak = max(peak_memory_gib(trainer, reset=True))
+            peak = max(worker_peaks_gib(trainer, reset=True))
             if round_index >= args.warmup_rounds:
                 times[name].append(elapsed)
                 peaks[name] = max(peaks[name], peak)
@@ -343,7 +306,6 @@ def main() -> None:
     c.add_argument("log_b")
     c.add_argument("--rtol", type=float, default=0.02)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     {"prepare": prepare, "steps": steps, "same-run": same_run}[args.command](args)
 
 

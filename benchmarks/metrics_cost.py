@@ -28,21 +28,17 @@ The last line reads ``memory ratio <on/off> time ratio <on/off>``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from harness import QWEN25_05B_WIDTHS, build_trainer, first_batch, worker_peaks_gib
 
 QWEN25_VOCAB = 151_646
 SHAPES = {
-    "qwen2.5-0.5b": {"hidden_size": 896, "num_heads": 14, "num_kv_heads": 2, "intermediate_size": 4864},
+    "qwen2.5-0.5b": QWEN25_05B_WIDTHS,
     "tiny": {"hidden_size": 64, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 256},
 }
 
@@ -62,36 +58,6 @@ def with_vocabulary(model_dir: Path, vocab: int) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     model.resize_token_embeddings(vocab, mean_resizing=False)
     model.save_pretrained(model_dir, safe_serialization=True)
-
-
-def reset_peaks(trainer) -> None:
-    import ray
-
-    def reset(_actor) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-    ray.get([w.__ray_call__.remote(reset) for w in trainer.training_client.workers])
-
-
-def read_peaks_gb(trainer) -> list[float]:
-    import ray
-
-    def peak(_actor) -> float:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.max_memory_allocated() / 1024**3
-        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-        return float("nan")
-
-    return ray.get([w.__ray_call__.remote(peak) for w in trainer.training_client.workers])
 
 
 def time_probe_in_workers(trainer) -> None:
@@ -147,14 +113,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
     from transformers import AutoConfig, AutoTokenizer
-    from verl.utils import tensordict_utils as tu
 
     from psft_assets.tiny_model import build_tiny_model
-    from recipe.psft.psft_trainer import PSFTTrainer
-    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
 
     work = Path(tempfile.mkdtemp(prefix="psft_metrics_cost_"))
     model = args.model
@@ -172,30 +134,25 @@ def main() -> None:
     train = work / "train.parquet"
     pd.DataFrame(rows_of_tokens(args.rows, args.tokens, tokenizer)).to_parquet(train)
 
-    with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
-        config = compose(
-            config_name="psft_trainer",
-            overrides=[
-                f"model.path={model}",
-                f"data.train_files={train}",
-                f"data.train_batch_size={args.rows}",
-                f"psft.mini_batch_size={args.rows // args.k}",
-                "psft.loss_mode=psft",
-                f"trainer.n_gpus_per_node={args.workers}",
-                "trainer.logger=[console]",
-                f"trainer.default_local_dir={work / 'ckpt'}",
-                f"data.max_length={args.tokens}",
-                "data.truncation=right",
-                "data.micro_batch_size_per_gpu=1",
-                "data.use_dynamic_bsz=false",
-                "engine.infer_micro_batch_size_per_gpu=1",
-                "model.enable_gradient_checkpointing=true",
-                *args.overrides,
-            ],
-        )
-    apply_cpu_defaults(config)
-    trainer = PSFTTrainer(config=config)
-    batch = tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer._base_meta())
+    config, trainer = build_trainer(
+        model,
+        train,
+        work,
+        batch=args.rows,
+        mini_batch=args.rows // args.k,
+        workers=args.workers,
+        settings=[
+            "psft.loss_mode=psft",
+            f"data.max_length={args.tokens}",
+            "data.truncation=right",
+            "data.micro_batch_size_per_gpu=1",
+            "data.use_dynamic_bsz=false",
+            "engine.infer_micro_batch_size_per_gpu=1",
+            "model.enable_gradient_checkpointing=true",
+        ],
+        overrides=args.overrides,
+    )
+    batch = first_batch(trainer)
     seqlens = trainer._get_batch_seqlens(batch).tolist()
     vocab = AutoConfig.from_pretrained(model).vocab_size
     shape = "" if args.model else f"{args.shape} shape, {args.layers} layers, "
@@ -217,7 +174,7 @@ def main() -> None:
         for name in order:
             with open_dict(config):
                 config.psft.token_metrics = variants[name]
-            reset_peaks(trainer)
+            worker_peaks_gib(trainer, reset=True)
             probe_seconds(trainer)
             start = time.perf_counter()
             metrics = trainer.train_step(batch, step)
@@ -227,7 +184,7 @@ def main() -> None:
                 times[name].append(elapsed)
                 probe[name].append(probe_seconds(trainer))
                 forward[name].append(metrics["perf/snapshot_time_s"])
-                peaks[name].append(read_peaks_gb(trainer))
+                peaks[name].append(worker_peaks_gib(trainer))
                 peak_text = ", ".join(f"{p:.2f}" for p in peaks[name][-1])
                 print(
                     f"token metrics {name}: {elapsed:.2f} s (forward-only pass {forward[name][-1]:.2f} s, probe "

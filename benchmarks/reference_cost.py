@@ -14,15 +14,12 @@ repeated run pays instead of the pass).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from harness import build_trainer
 
 
 def main() -> None:
@@ -38,16 +35,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
     from verl.utils import tensordict_utils as tu
 
     from psft_assets.tiny_model import build_tiny_model
     from psft_assets.toy_rows import make_rows
     from recipe.psft import reference as reference_cache
-    from recipe.psft.psft_trainer import PSFTTrainer
-    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
-
 
     work = Path(tempfile.mkdtemp(prefix="psft_reference_cost_"))
     model = args.model or str(
@@ -56,25 +49,16 @@ def main() -> None:
     train = work / "train.parquet"
     pd.DataFrame(make_rows(args.rows, seed=0, long_every=4)).to_parquet(train)
 
-    with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
-        config = compose(
-            config_name="psft_trainer",
-            overrides=[
-                f"model.path={model}",
-                f"data.train_files={train}",
-                f"data.train_batch_size={args.batch}",
-                f"psft.mini_batch_size={args.batch // args.k}",
-                "psft.loss_mode=sft_kl",
-                f"trainer.n_gpus_per_node={args.workers}",
-                "trainer.logger=[console]",
-                f"trainer.default_local_dir={work / 'ckpt'}",
-                "data.max_length=2048",
-                "model.enable_gradient_checkpointing=false",
-                *args.overrides,
-            ],
-        )
-    apply_cpu_defaults(config)
-    trainer = PSFTTrainer(config=config)  # runs the reference pass over all rows
+    config, trainer = build_trainer(  # runs the reference pass over all rows
+        model,
+        train,
+        work,
+        batch=args.batch,
+        mini_batch=args.batch // args.k,
+        workers=args.workers,
+        settings=["psft.loss_mode=sft_kl", "data.max_length=2048", "model.enable_gradient_checkpointing=false"],
+        overrides=args.overrides,
+    )
     pass_s = trainer.reference_pass_time_s
 
     start = time.perf_counter()

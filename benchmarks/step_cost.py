@@ -16,18 +16,14 @@ reusing its own log-probs: 1 + (k - 1) / (3k).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from harness import build_trainer, first_batch, worker_peaks_gib
 
 
 def demonstration_rows(n: int, demo_tokens: int, tokenizer, seed: int) -> list[dict]:
@@ -46,19 +42,6 @@ def demonstration_rows(n: int, demo_tokens: int, tokenizer, seed: int) -> list[d
     return rows
 
 
-def worker_peak_rss_gb(trainer) -> list[float]:
-    """Peak resident memory (VmHWM) of each FSDP worker process."""
-    import ray
-
-    def read_peak(_actor) -> float:
-        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-        return float("nan")
-
-    return ray.get([w.__ray_call__.remote(read_peak) for w in trainer.training_client.workers])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=4, help="updates per step (batch / mini-batch)")
@@ -73,46 +56,31 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
     from safetensors.torch import load_file
-    from verl.utils import tensordict_utils as tu
+    from transformers import AutoTokenizer
 
     from psft_assets.tiny_model import build_tiny_model
-    from recipe.psft.config_checks import check_config
-    from recipe.psft.psft_trainer import PSFTTrainer
-    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
 
     work = Path(tempfile.mkdtemp(prefix="psft_step_cost_"))
     model = args.model or str(
         build_tiny_model(work / "model", hidden_size=args.hidden, num_layers=args.layers, num_heads=4)
     )
     train = work / "train.parquet"
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(model)
     pd.DataFrame(demonstration_rows(args.batch, args.demo_tokens, tokenizer, seed=0)).to_parquet(train)
 
-    with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
-        config = compose(
-            config_name="psft_trainer",
-            overrides=[
-                f"model.path={model}",
-                f"data.train_files={train}",
-                f"data.train_batch_size={args.batch}",
-                f"psft.mini_batch_size={args.batch // args.k}",
-                f"trainer.n_gpus_per_node={args.workers}",
-                "trainer.logger=[console]",
-                f"trainer.default_local_dir={work / 'ckpt'}",
-                "data.max_length=2048",
-                "model.enable_gradient_checkpointing=false",
-                *args.overrides,
-            ],
-        )
-    apply_cpu_defaults(config)
-    check_config(config)
-    trainer = PSFTTrainer(config=config)
-    batch = tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer._base_meta())
+    config, trainer = build_trainer(
+        model,
+        train,
+        work,
+        batch=args.batch,
+        mini_batch=args.batch // args.k,
+        workers=args.workers,
+        settings=["data.max_length=2048", "model.enable_gradient_checkpointing=false"],
+        overrides=args.overrides,
+    )
+    batch = first_batch(trainer)
     seqlens = trainer._get_batch_seqlens(batch).tolist()
     demo_lengths = batch["loss_mask"].values().reshape(-1).split(seqlens)
     weights = sorted(Path(model).glob("*.safetensors"))
@@ -156,7 +124,7 @@ def main() -> None:
     bound = 1 + (k - 1) / (3 * k)
     print(f"\nPSFT(k={k}) / SFT({k} updates) = {ratio_k:.3f}   (bound with the first-mini-batch skip: {bound:.3f})")
     print(f"PSFT(k=1) / SFT(1 update)      = {ratio_1:.3f}   (bound: 1.000)")
-    peaks = worker_peak_rss_gb(trainer)
+    peaks = worker_peaks_gib(trainer)
     print("peak memory per rank (GiB): " + ", ".join(f"rank {i}: {p:.2f}" for i, p in enumerate(peaks)))
 
 

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
+import loss_batches
 import pytest
 import torch
+from loss_batches import nested
 
 from recipe.psft.losses import TokenLoss, entropy_and_argmax_hit, probe_chunk_rows
 
 
-def nested(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    return torch.nested.nested_tensor_from_jagged(values, offsets)
-
-
 def make_batch(lengths: list[int], seed: int = 0) -> dict:
-    """Rows with a prompt part (mask 0) and a demonstration part (mask 1); first token always prompt."""
-    gen = torch.Generator().manual_seed(seed)
-    total = sum(lengths)
-    mask = []
-    for n in lengths:
-        prompt = max(1, n // 3)
-        mask += [0] * prompt + [1] * (n - prompt)
-    return {
-        "log_probs": -torch.rand(total, generator=gen, dtype=torch.float64) * 3 - 0.01,
-        "ref_shift": 0.4 * torch.randn(total, generator=gen, dtype=torch.float64),
-        "loss_mask": torch.tensor(mask),
-        "lengths": lengths,
-    }
+    """Rows whose first token is always prompt, with reference log-probs offset from the policy's."""
+    return loss_batches.make_batch(lengths, seed, min_prompt=1, ref_shift=True)
 
 
 def run(loss: TokenLoss, batch: dict, rows: slice | None = None, dp_size: int = 1, with_ref: bool = True):

@@ -6,30 +6,11 @@ import math
 
 import pytest
 import torch
+from loss_batches import make_batch, nested
 
 from recipe.psft.losses import TokenLoss, psft_surrogate
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28
-
-
-def nested(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    return torch.nested.nested_tensor_from_jagged(values, offsets)
-
-
-def make_batch(lengths: list[int], seed: int = 0) -> dict:
-    """Sequences with a prompt part (mask 0) and a demonstration part (mask 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    total = sum(lengths)
-    mask = []
-    for n in lengths:
-        prompt = n // 3
-        mask += [0] * prompt + [1] * (n - prompt)
-    return {
-        "log_probs": -torch.rand(total, generator=gen, dtype=torch.float64) * 3 - 0.01,
-        "loss_mask": torch.tensor(mask),
-        "lengths": lengths,
-    }
 
 
 def loss_and_grad(
