@@ -63,6 +63,44 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 512):
     return fast
 
 
+def random_qwen2(
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    max_position_embeddings: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    seed: int,
+):
+    """A Qwen2 causal LM with random fp32 weights (seeded), untied embeddings and no BOS token."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = eos_token_id
+    model.generation_config.pad_token_id = pad_token_id
+    return model
+
+
 def build_tiny_model(
     out_dir: str | Path,
     hidden_size: int = 64,
@@ -75,30 +113,22 @@ def build_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Save a random Qwen2 causal LM plus tokenizer into ``out_dir`` (a HF model folder)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out, vocab_size=vocab_size)
-    config = Qwen2Config(
+    model = random_qwen2(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads or num_heads,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads or num_heads,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=False,
-        bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        seed=seed,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "psft_tiny_model.json").write_text(
         json.dumps({"parameters": sum(p.numel() for p in model.parameters()), "seed": seed}) + "\n"

@@ -112,27 +112,20 @@ class CharTokenizer:
 
 
 def build_model(size: ModelSize, tokenizer: CharTokenizer, seed: int):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from psft_assets.tiny_model import random_qwen2
 
-    config = Qwen2Config(
+    return random_qwen2(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden,
         intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.heads,
+        num_layers=size.layers,
+        num_heads=size.heads,
+        num_kv_heads=size.heads,
         max_position_embeddings=size.max_positions,
-        tie_word_embeddings=False,
-        bos_token_id=None,
         eos_token_id=tokenizer.end_id,
         pad_token_id=tokenizer.pad_id,
-        torch_dtype="float32",
+        seed=seed,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.end_id
-    model.generation_config.pad_token_id = tokenizer.pad_id
-    return model
 
 
 def size_dict(size: ModelSize) -> dict:
