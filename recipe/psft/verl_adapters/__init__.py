@@ -31,9 +31,9 @@ subclasses ``verl.trainer.sft_trainer_ray.SFTTrainer`` and overrides its ``_buil
 ``main_psft.py`` calls ``verl.utils.device.auto_set_device``; ``losses.py`` calls ``kl_penalty`` of
 verl's PPO ``core_algos`` (its per-token KL estimators, by name); the recipe config extends verl's
 ``sft_trainer_engine`` config; ``dataset.py`` is loaded through ``data.custom_cls``.
-``benchmarks/step_cost.py`` reads worker memory through the worker group's ``workers`` and Ray's
-``__ray_call__``, ``benchmarks/metrics_cost.py`` likewise (and resets it through ``/proc``, and times
-the probe by wrapping this package's ``engine.token_probe`` inside the workers).
+``benchmarks/harness.py`` reads (and resets, through ``/proc`` on CPU) worker memory through the worker
+group's ``workers`` and Ray's ``__ray_call__``; ``benchmarks/metrics_cost.py`` likewise times the probe
+by wrapping this package's ``engine.token_probe`` inside the workers.
 
 Importing this package checks that the installed verl is the version this recipe was tested with
 (:data:`TESTED_VERL_VERSION`). Any other version raises :class:`UntestedVerlError`, unless the
