@@ -5,7 +5,7 @@
 #   VAL_FILE=test.parquet NNODES=1 GPUS_PER_NODE=8 bash scripts/run_rl_from_psft.sh [overrides...] [--dry-run]
 #
 # TRAIN_FILE/VAL_FILE: prepare_data.py output (prompt + reward_model.ground_truth); the reward is
-# recipe/psft/reward.py (evaluation.grader), rollouts use vLLM (install the `gpu` extra).
+# evaluation/verl_reward.py (evaluation.grader), rollouts use vLLM (install the `gpu` extra).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -49,7 +49,7 @@ cmd=(
     actor_rollout_ref.rollout.temperature=1.0
     actor_rollout_ref.rollout.tensor_model_parallel_size=1
     actor_rollout_ref.rollout.gpu_memory_utilization=0.6
-    reward.custom_reward_function.path=pkg://recipe.psft.reward
+    reward.custom_reward_function.path=pkg://evaluation.verl_reward
     reward.custom_reward_function.name=compute_score
     trainer.project_name=psft-rl
     "trainer.experiment_name=$EXPERIMENT"

@@ -194,7 +194,7 @@ def test_grade_is_bounded_on_any_input():
 
 
 def test_rl_reward_uses_the_bounded_grader():
-    from recipe.psft.reward import compute_score
+    from evaluation.verl_reward import compute_score
 
     start = time.monotonic()
     assert compute_score("x", "\\boxed{" * (MB // 7), "1") == 0.0

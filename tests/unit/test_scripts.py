@@ -79,7 +79,7 @@ def test_rl_from_psft_script_resolves_in_verls_ppo_config(tmp_path):
     assert config["algorithm"]["adv_estimator"] == "grpo"
     assert config["actor_rollout_ref"]["model"]["path"] == "/ckpt/global_step_9/huggingface"
     assert config["actor_rollout_ref"]["rollout"]["name"] == "vllm"
-    assert config["reward"]["custom_reward_function"]["path"] == "pkg://recipe.psft.reward"
+    assert config["reward"]["custom_reward_function"]["path"] == "pkg://evaluation.verl_reward"
     assert config["trainer"]["total_epochs"] == 2
 
 

@@ -1,6 +1,6 @@
 """Rule-based math reward for RL after PSFT (verl's ``reward.custom_reward_function``).
 
-    reward.custom_reward_function.path=pkg://recipe.psft.reward reward.custom_reward_function.name=compute_score
+    reward.custom_reward_function.path=pkg://evaluation.verl_reward reward.custom_reward_function.name=compute_score
     # optional: +reward.custom_reward_function.reward_kwargs.grade_timeout_s=5
 
 1.0 when the response's final answer matches the ground truth under evaluation.grader (the same
