@@ -25,7 +25,7 @@ from typing import Any
 
 from ray import serve
 
-from recipe.psft.verl_adapters.ray_bootstrap import init_serving_ray
+from recipe.psft.ray_local import init_serving_ray
 
 OWN_KEYS = ("host", "port", "num-replicas")
 DEFAULT_HOST = "127.0.0.1"

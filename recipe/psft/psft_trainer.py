@@ -50,9 +50,9 @@ from .divergence import DivergenceGuard
 from .exit_codes import AlreadyFinished, Diverged, Preempted, WorkerLost
 from .losses import KL_LOSS_MODES, LOSS_MODES, METRIC_REDUCTION, TokenLoss
 from .preemption import PreemptionGuard
+from .ray_local import ensure_ray
 from .run_identity import run_identity
 from .verl_adapters.engine import WithLogitsProbe, data_parallel_size, logits_hook_meta
-from .verl_adapters.ray_bootstrap import ensure_ray
 from .verl_adapters.tracking import make_tracking
 
 

@@ -9,8 +9,6 @@ module              the verl / Ray internals it touches
 cpu_platform        ``verl.plugins`` entry point; ``PlatformRegistry`` / ``PlatformBase``; the private
                     ``EngineRegistry._engines`` table (FSDP engine for device ``cpu``); a monkeypatch
                     of ``verl.utils.distributed.initialize_global_process_group_ray``
-ray_bootstrap       ``ray.init`` for a local instance sized for verl's ``RayResourcePool`` bundles; Ray's
-                    private ``ray_constants.ENABLE_RAY_CLUSTER`` (single-machine mode: ports on 127.0.0.1)
 checkpoint_handler  subclass of verl's ``CheckpointHandler``: overrides its private ``_determine_resume_path``
                     and ``save_checkpoint``, uses its attributes ``engine``, ``train_dataloader``,
                     ``default_local_dir``, ``max_ckpt_to_keep``, ``default_hdfs_dir``, ``dp_rank``
@@ -34,6 +32,9 @@ verl's PPO ``core_algos`` (its per-token KL estimators, by name); the recipe con
 ``benchmarks/harness.py`` reads (and resets, through ``/proc`` on CPU) worker memory through the worker
 group's ``workers`` and Ray's ``__ray_call__``; ``benchmarks/metrics_cost.py`` likewise times the probe
 by wrapping this package's ``engine.token_probe`` inside the workers.
+``recipe/psft/ray_local.py`` (Ray only, outside this package so that the evaluation server needs no
+verl) sizes a local Ray instance for verl's ``RayResourcePool`` bundles and sets Ray's private
+``ray_constants.ENABLE_RAY_CLUSTER`` (single-machine mode: ports on 127.0.0.1).
 
 Importing this package checks that the installed verl is the version this recipe was tested with
 (:data:`TESTED_VERL_VERSION`). Any other version raises :class:`UntestedVerlError`, unless the

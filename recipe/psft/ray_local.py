@@ -1,4 +1,10 @@
-"""Join a Ray cluster or start a local one sized for verl's worker bundles, reachable from this host only."""
+"""Join a Ray cluster or start a local one sized for verl's worker bundles, reachable from this host only.
+
+Used by the trainer (:func:`ensure_ray`) and by the evaluation server (:func:`init_serving_ray`). It touches
+Ray only (its private ``ray_constants.ENABLE_RAY_CLUSTER``, see :func:`bind_local_ray_to_loopback`), so it
+lives outside ``verl_adapters/``, whose import checks the verl version: serving a model for evaluation
+does not need verl.
+"""
 
 from __future__ import annotations
 
