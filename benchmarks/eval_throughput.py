@@ -1,5 +1,5 @@
 """Generation throughput of the two eval backends on the same prompts: vLLM in-process vs the Ray Serve
-app (evaluation.llm) through the eval client.
+app (evaluation.serve_app) through the eval client.
 
     python benchmarks/eval_throughput.py                      # tiny random model, built offline
     python benchmarks/eval_throughput.py --model PATH --problems 64 --n 8 --max-tokens 1024
@@ -35,7 +35,7 @@ QUESTIONS = [
 
 def make_jobs(problems: int, n: int):
     from evaluation.data import Problem
-    from evaluation.generation import Job
+    from evaluation.jobs import Job
 
     jobs = []
     for i in range(problems):
@@ -50,7 +50,7 @@ def _count(results: list) -> int:
 
 
 def bench_inproc(model: str, jobs, sampling, engine_args: dict) -> dict:
-    from evaluation.inproc import InProcessEngine
+    from evaluation.vllm_local import InProcessEngine
 
     t0 = time.perf_counter()
     engine = InProcessEngine(model, engine_args)
@@ -76,10 +76,10 @@ def _free_port() -> int:
 def bench_serve(model: str, jobs, sampling, engine_args: dict, concurrency: int) -> dict:
     import httpx
 
-    from evaluation.client import run_jobs
+    from evaluation.serve_client import run_jobs
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "evaluation.llm", f"model={model}", f"port={port}"]
+    cmd = [sys.executable, "-m", "evaluation.serve_app", f"model={model}", f"port={port}"]
     cmd += [f"{k.replace('_', '-')}={v}" for k, v in engine_args.items()]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)
@@ -138,7 +138,7 @@ def main() -> None:
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1" if (os.cpu_count() or 1) > 1 else "0")
-    from evaluation.generation import Sampling
+    from evaluation.jobs import Sampling
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model

@@ -51,7 +51,7 @@ def distinct_share(answers: list[list[str]], n: int) -> float:
 
 
 def sample_served(base: str, model: str, qs: list[str], n: int, max_tokens: int, pinned: bool) -> list[list[str]]:
-    from evaluation.generation import Sampling
+    from evaluation.jobs import Sampling
 
     out = []
     for q in qs:
@@ -74,7 +74,7 @@ def free_port() -> int:
 def serve(model: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, RAY_ADDRESS="local", RAY_USAGE_STATS_ENABLED="0")
-    cmd = [sys.executable, "-m", "evaluation.llm", f"model={model}", f"port={port}", "dtype=float32", *extra]
+    cmd = [sys.executable, "-m", "evaluation.serve_app", f"model={model}", f"port={port}", "dtype=float32", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -102,8 +102,8 @@ def stop(proc: subprocess.Popen) -> None:
 def in_process(model: Path, qs: list[str], n: int, max_tokens: int) -> dict[str, float]:
     from vllm import LLM, SamplingParams
 
-    from evaluation.generation import Sampling
-    from evaluation.inproc import engine_kwargs
+    from evaluation.jobs import Sampling
+    from evaluation.vllm_local import engine_kwargs
 
     results = {}
     msgs = [[{"role": "user", "content": q}] for q in qs]

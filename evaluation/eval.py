@@ -1,6 +1,6 @@
 """Evaluate a model on a test file: n samples per problem, graded, with Avg@n, pass@k and maj@n.
 
-    # against the Ray Serve app (python -m evaluation.llm / serve run evaluation.llm:build_app ...)
+    # against the Ray Serve app (python -m evaluation.serve_app / serve run evaluation.serve_app:build_app ...)
     python -m evaluation.eval --model NAME --test_file aime24.parquet --n 32 \\
         --temperature 0.7 --top_p 0.95 --max_tokens 10240 --base-url http://127.0.0.1:8000
     # vLLM in this process, no server
@@ -33,9 +33,9 @@ from typing import Any
 
 from evaluation import grader
 from evaluation.data import DataError, Problem, file_sha256, load_problems, repeat_count
-from evaluation.generation import Completion, Job, Sampling
 from evaluation.grader import GradingInterrupted, grade
 from evaluation.identity import grader_identity, model_fingerprint, model_label
+from evaluation.jobs import Completion, Job, Sampling
 from evaluation.metrics import FAILED_COUNTING, summarize
 from evaluation.store import CorruptSamples, RunLocked, RunMismatch, RunStore, sample_key
 
@@ -217,7 +217,7 @@ def _served_root(base_url: str, model: str, api_key: str | None) -> str | None:
     """The path the server loaded ``model`` from (vLLM reports it as ``root`` in /v1/models), or None."""
     import httpx
 
-    from evaluation.client import chat_url
+    from evaluation.serve_client import chat_url
 
     url = chat_url(base_url).rsplit("/chat/completions", 1)[0] + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -417,7 +417,7 @@ def _evaluate(
     started = time.perf_counter()
     try:
         if jobs and args.backend == "vllm":
-            from evaluation.inproc import InProcessEngine
+            from evaluation.vllm_local import InProcessEngine
 
             engine = InProcessEngine(args.model, engine_extra)
             try:
@@ -425,7 +425,7 @@ def _evaluate(
             finally:
                 engine.shutdown()
         elif jobs:
-            from evaluation.client import RetryPolicy, run_jobs
+            from evaluation.serve_client import RetryPolicy, run_jobs
 
             # One grading thread: grading stays off the event loop, rows are written one problem at a
             # time, and Ctrl-C has a single thread to stop (grader.interrupt()).

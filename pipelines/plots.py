@@ -4,14 +4,14 @@
     python scripts/plot_runs.py --run SFT=sft.jsonl --run PSFT=psft.jsonl \\
         --accuracy SFT=eval/sft --accuracy PSFT=eval/psft --out figures/
 
-    # accuracy over training (from `python -m evaluation.steps`), SFT against PSFT, stderr bars:
+    # accuracy over training (from `python -m evaluation.over_training`), SFT against PSFT, stderr bars:
     python scripts/plot_runs.py --accuracy-log SFT=logs/sft.eval.jsonl --accuracy-log PSFT=logs/psft.eval.jsonl \
         --out figures/
 
 Each log line is verl's `{"step": N, "data": {...}}` (trainer.logger=[...,file], path from
 VERL_FILE_LOGGER_PATH). `--accuracy LABEL=DIR` reads evaluation summaries: DIR/*/summary.json or
 DIR/summary.json as written by `python -m evaluation.eval --output DIR`. `--accuracy-log LABEL=FILE`
-reads the accuracy-per-step log of `python -m evaluation.steps` (same line format, keys
+reads the accuracy-per-step log of `python -m evaluation.over_training` (same line format, keys
 `eval/<source>/avg@n` and `..._stderr`) and draws accuracy against step, one panel per data source.
 Writes one PNG per figure and prints the paths.
 """
@@ -132,7 +132,7 @@ def plot_accuracy(accuracy: dict[str, dict[str, float]], out: Path) -> Path:
 
 
 def read_accuracy_log(path: str | Path) -> dict[str, list[tuple[int, float, float]]]:
-    """data source -> [(step, avg@n, stderr)] from an evaluation.steps log."""
+    """data source -> [(step, avg@n, stderr)] from an evaluation.over_training log."""
     series = read_log(path)
     out: dict[str, list[tuple[int, float, float]]] = {}
     for key, points in series.items():
@@ -143,7 +143,7 @@ def read_accuracy_log(path: str | Path) -> dict[str, list[tuple[int, float, floa
         errors = dict(series.get(key + "_stderr", []))
         out[source] = [(step, value, errors.get(step, 0.0)) for step, value in points]
     if not out:
-        raise SystemExit(f"{path}: no eval/<source>/avg@n values (is it an evaluation.steps log?)")
+        raise SystemExit(f"{path}: no eval/<source>/avg@n values (is it an evaluation.over_training log?)")
     return out
 
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "--accuracy-log",
         action="append",
         default=[],
-        help="LABEL=accuracy log of `python -m evaluation.steps` (repeatable): accuracy against step",
+        help="LABEL=accuracy log of `python -m evaluation.over_training` (repeatable): accuracy against step",
     )
     parser.add_argument("--out", required=True, help="folder for the PNGs")
     args = parser.parse_args(argv)

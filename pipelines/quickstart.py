@@ -186,7 +186,7 @@ def eval_flags(plan: Plan) -> list[str]:
 
 
 def stage_eval(out: Path, name: str, model: Path, data: Path, plan: Plan) -> dict:
-    from evaluation.steps import is_complete
+    from evaluation.over_training import is_complete
 
     result_dir = out / "eval" / name
     summary = result_dir / "summary.json"
@@ -205,13 +205,13 @@ def stage_eval(out: Path, name: str, model: Path, data: Path, plan: Plan) -> dic
 
 
 def stage_curve(out: Path, data: Path, plan: Plan) -> Path:
-    """Evaluate every saved checkpoint of both runs (evaluation.steps) and draw accuracy against step."""
+    """Evaluate every saved checkpoint of both runs (evaluation.over_training) and draw accuracy against step."""
     from pipelines.plots import plot_accuracy_over_steps, read_accuracy_log
 
     logs = {}
     for mode in ("sft", "psft"):
         log = out / "logs" / f"{mode}.eval.jsonl"
-        command = [sys.executable, "-m", "evaluation.steps", str(out / "checkpoints" / mode),
+        command = [sys.executable, "-m", "evaluation.over_training", str(out / "checkpoints" / mode),
                    "--test_file", str(data / "eval.parquet"), "--log", str(log), *eval_flags(plan)]  # fmt: skip
         run(command, out / "logs" / f"curve_{mode}.log", EVAL_ENV)
         logs[mode.upper()] = read_accuracy_log(log)
@@ -335,7 +335,7 @@ def main() -> None:
     for label, path in (("Base", model), ("SFT", trained["sft"]), ("PSFT", trained["psft"])):
         summaries[label] = timed(f"eval_{label.lower()}", stage_eval, out, label.lower(), path, data, plan)
     if args.curve:
-        banner("accuracy over training: every checkpoint of SFT and PSFT (python -m evaluation.steps)")
+        banner("accuracy over training: every checkpoint of SFT and PSFT (python -m evaluation.over_training)")
         print(f"    {timed('curve', stage_curve, out, data, plan)}")
     table = stage_report(out, plan, summaries, timings)
     print("\n" + table + f"\n\nreport: {out / 'report.md'}")

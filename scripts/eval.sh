@@ -3,7 +3,7 @@
 # the paper's sampling (temperature 0.7, top-p 0.95, 10,240 new tokens; every other sampling parameter
 # neutral and pinned in each request). In-domain: AIME-24/25 and AMC-23 at Avg@32, MATH-500, Minerva and
 # OlympiadBench at Avg@8; out-of-domain: GPQA-Diamond at Avg@8 and MMLU-Pro at Avg@1 (multiple choice).
-# Ends with the paper-style table (python -m evaluation.report) with in-domain and out-of-domain averages.
+# Ends with the paper-style table (python -m evaluation.paper_table) with in-domain and out-of-domain averages.
 #
 #   bash scripts/eval.sh MODEL_DIR [--dry-run]
 #   DATA_DIR=~/data/benchmarks (test_<name>.parquet from `prepare_data.py --source benchmarks`)
@@ -41,14 +41,14 @@ samples_for() {
     esac
 }
 
-serve_cmd=("$SERVE" run evaluation.llm:build_app "model=$model" "tensor-parallel-size=$TP" "port=$PORT"
+serve_cmd=("$SERVE" run evaluation.serve_app:build_app "model=$model" "tensor-parallel-size=$TP" "port=$PORT"
     "served-model-name=$name")
 eval_cmd() {  # sets `cmd` to the client command for benchmark $1
     cmd=("$PYTHON" -m evaluation.eval --model "$name" --model-path "$model" --test_file "$DATA_DIR/test_$1.parquet"
         --n "$(samples_for "$1")" --temperature 0.7 --top_p 0.95 --max_tokens 10240
         --base-url "http://127.0.0.1:$PORT" --concurrency 64 --output "$OUT_DIR/$1")
 }
-report_cmd=("$PYTHON" -m evaluation.report "$OUT_DIR")
+report_cmd=("$PYTHON" -m evaluation.paper_table "$OUT_DIR")
 
 if [[ "$dry_run" == 1 ]]; then
     printf '%q ' "${serve_cmd[@]}"

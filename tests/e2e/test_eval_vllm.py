@@ -1,6 +1,6 @@
 """Real vLLM generation with a tiny random model: in-process (``--backend vllm``) with resume after an
 interrupted run, through the Ray Serve app started with ``serve run`` and the eval client, and every
-checkpoint of a run with ``evaluation.steps``.
+checkpoint of a run with ``evaluation.over_training``.
 
 The model's text is random; the tests check structure, counts, token accounting and resume. Its
 generation_config.json sets ``top_k: 1`` (greedy): a backend that let the model's generation config fill
@@ -126,11 +126,11 @@ def test_in_process_vllm_and_resume(assets: dict[str, Path]):
 
 @pytest.fixture(scope="module")
 def serve_app(assets: dict[str, Path]) -> Iterator[str]:
-    """``serve run evaluation.llm:build_app`` on a private local Ray instance and a free port."""
+    """``serve run evaluation.serve_app:build_app`` on a private local Ray instance and a free port."""
     port = free_port()
     serve_bin = Path(sys.executable).with_name("serve")
-    cmd = [str(serve_bin), "run", "evaluation.llm:build_app", f"model={assets['model']}", "tensor-parallel-size=1"]
-    cmd += [f"port={port}", "dtype=float32"]
+    cmd = [str(serve_bin), "run", "evaluation.serve_app:build_app", f"model={assets['model']}"]
+    cmd += ["tensor-parallel-size=1", f"port={port}", "dtype=float32"]
     env = _env()
     env["RAY_ADDRESS"] = "local"  # never join another Ray cluster on this machine
     log = open(assets["root"] / "serve.log", "w")
@@ -206,7 +206,7 @@ def test_client_through_serve(serve_app: str, assets: dict[str, Path]):
 
 
 def test_accuracy_over_training_every_checkpoint(assets: dict[str, Path]):
-    """evaluation.steps on a run with two checkpoints: both evaluated, accuracy per step beside the run's
+    """evaluation.over_training on a run with two checkpoints: both evaluated, accuracy per step beside the run's
     log; a rerun starts no engine."""
     import shutil
 
@@ -215,7 +215,7 @@ def test_accuracy_over_training_every_checkpoint(assets: dict[str, Path]):
         shutil.copytree(assets["model"], ckpt / f"global_step_{step}" / "huggingface")
     (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
     log = assets["root"] / "logs" / "psft.jsonl"
-    cmd = [sys.executable, "-m", "evaluation.steps", str(ckpt), "--test_file", str(assets["test_file"])]
+    cmd = [sys.executable, "-m", "evaluation.over_training", str(ckpt), "--test_file", str(assets["test_file"])]
     cmd += ["--train-log", str(log), "--n", "1", "--max_tokens", "8", "--engine-arg", "dtype=float32"]
     res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import report, steps
+from evaluation import over_training as steps
+from evaluation import paper_table as report
 from evaluation.identity import CACHE_NAME, model_fingerprint, model_label
 from prepare import hub
 

@@ -164,7 +164,7 @@ def test_eval_script_serves_then_runs_the_papers_benchmarks():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     serve = shlex.split(lines[0].rstrip("&"))
-    assert serve[1:4] == ["run", "evaluation.llm:build_app", "model=/ckpt/psft-qwen/global_step_40/huggingface"]
+    assert serve[1:4] == ["run", "evaluation.serve_app:build_app", "model=/ckpt/psft-qwen/global_step_40/huggingface"]
     assert "port=8123" in serve and "served-model-name=psft-qwen/global_step_40" in serve
     samples = {}
     for line in lines[1:-1]:
@@ -186,4 +186,4 @@ def test_eval_script_serves_then_runs_the_papers_benchmarks():
         "test_gpqa_diamond": 8,
         "test_mmlu_pro": 1,
     }
-    assert shlex.split(lines[-1])[1:3] == ["-m", "evaluation.report"]
+    assert shlex.split(lines[-1])[1:3] == ["-m", "evaluation.paper_table"]

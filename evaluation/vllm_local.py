@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from evaluation.generation import Completion, Job, Sampling
+from evaluation.jobs import Completion, Job, Sampling
 
 
 def cpu_only() -> bool:

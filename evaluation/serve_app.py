@@ -1,7 +1,7 @@
 """vLLM's OpenAI-compatible server as a Ray Serve application.
 
-    serve run evaluation.llm:build_app model=/path/to/Qwen2.5-7B tensor-parallel-size=1 [KEY=VALUE ...]
-    python -m evaluation.llm model=/path/to/model port=8000 [KEY=VALUE ...]   # same, on a private Ray
+    serve run evaluation.serve_app:build_app model=/path/to/Qwen2.5-7B tensor-parallel-size=1 [KEY=VALUE ...]
+    python -m evaluation.serve_app model=/path/to/model port=8000 [KEY=VALUE ...]   # same, on a private Ray
 
 Each replica runs vLLM's own FastAPI app (``/v1/chat/completions``, ``/v1/completions``,
 ``/v1/models``, ``/health``, ...) on an in-replica ``AsyncLLM``, so the HTTP surface is exactly
@@ -120,7 +120,7 @@ def _gpus_in_cluster() -> int:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """The Serve application for ``serve run evaluation.llm:build_app model=PATH ...``."""
+    """The Serve application for ``serve run evaluation.serve_app:build_app model=PATH ...``."""
     args = {_norm_key(k): v for k, v in args.items()}
     if "model" not in args:
         raise ValueError("build_app needs model=PATH (a Hugging Face model folder or hub id)")

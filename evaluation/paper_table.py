@@ -1,7 +1,7 @@
 """The paper-style results table: one row per model, Avg@n per benchmark, in-domain and out-of-domain
 averages.
 
-    python -m evaluation.report outputs/eval/psft/global_step_500 [outputs/eval/sft/global_step_500 ...]
+    python -m evaluation.paper_table outputs/eval/psft/global_step_500 [outputs/eval/sft/global_step_500 ...]
 
 Each folder holds ``<benchmark>/summary.json`` as written by ``scripts/eval.sh`` (``evaluation.eval
 --output DIR/<benchmark>``). Columns follow the paper: AIME24, AIME25, AMC23, MATH-500, Minerva,

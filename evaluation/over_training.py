@@ -1,6 +1,6 @@
 """Accuracy over training: evaluate every checkpoint of a run, resumably, and log accuracy per step.
 
-    python -m evaluation.steps CKPT_DIR --test_file data/test_aime24.parquet --n 8 [--watch] [eval flags]
+    python -m evaluation.over_training CKPT_DIR --test_file data/test_aime24.parquet --n 8 [--watch] [eval flags]
     # CKPT_DIR is trainer.default_local_dir: it holds global_step_N/huggingface (and
     # latest_checkpointed_iteration.txt); with --watch new checkpoints are evaluated as they appear.
 
@@ -41,7 +41,9 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m evaluation.steps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m evaluation.over_training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("ckpt_dir", type=Path, help="the run's checkpoint folder (trainer.default_local_dir)")
     p.add_argument("--test_file", "--test-file", dest="test_file", required=True)

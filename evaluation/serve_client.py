@@ -1,5 +1,5 @@
 """The ``serve`` backend: an OpenAI-compatible ``/v1/chat/completions`` client (the Ray Serve app in
-:mod:`evaluation.llm`, or any vLLM server) with bounded concurrency and retries.
+:mod:`evaluation.serve_app`, or any vLLM server) with bounded concurrency and retries.
 
 One request per job asks for all of its missing samples with ``n``. Transient failures (connection
 errors, timeouts, 408/429/5xx, and HTTP 200 replies that are not well-formed) are retried with
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from evaluation.generation import Completion, Job, Sampling
+from evaluation.jobs import Completion, Job, Sampling
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
