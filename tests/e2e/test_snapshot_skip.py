@@ -1,4 +1,5 @@
-"""Skipping the snapshot pass for the first mini-batch is exact, in any mini-batch order."""
+"""Skipping the snapshot pass for the first mini-batch is exact, in any mini-batch order (slow tier; the
+default tier's k = 4 run checks the first update's ratio is 1, the unit tests the schedule)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The toy-world study: the --quick study end to end and its resume; the light loop against the real
-trainer on one configuration (same losses)."""
+trainer on one configuration (same losses). Default tier: the light loop against the trainer; slow: the
+--quick study."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 def run_quick(out, cache) -> subprocess.CompletedProcess:
     env = {**os.environ, "PSFT_CACHE": str(cache)}
@@ -21,6 +20,7 @@ def run_quick(out, cache) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_quick_study_runs_reports_and_resumes(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     first = run_quick(out, cache)

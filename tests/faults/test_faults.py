@@ -1,7 +1,11 @@
 """Fault injection: each test breaks a run the way a user or a cluster would, then checks nothing was lost.
 
-Every resumed run must end with weights equal to an uninterrupted run's, one continuous file log, and
-messages that name what went wrong. Runs: tiny model, 2 FSDP CPU ranks, 4 steps (see fault_harness).
+Every resumed run must end with weights, loss and grad-norm series equal to an uninterrupted run's
+(``reference``, shared by the session: tests/faults/conftest.py), one continuous file log, and messages
+that name what went wrong. Runs: tiny model, 2 FSDP CPU ranks, 4 steps (see fault_harness).
+
+Default tier: the loopback check, SIGTERM -> checkpoint -> exact resume, a changed config refused before
+Ray. Slow tier (``-m slow``, CI): the other faults.
 """
 
 from __future__ import annotations
@@ -12,42 +16,39 @@ import subprocess
 import time
 
 import pytest
-from faults.fault_harness import (
+from faults.fault_harness import STEPS
+from trainer_harness import (
     Trainer,
     assert_continuous_log,
+    assert_same_series,
     assert_same_weights,
-    overrides,
-    run,
+    run_trainer,
     seconds_to_exit,
 )
 
-pytestmark = pytest.mark.slow
-
-STEPS = 4
-
 
 @pytest.fixture(scope="module")
-def args(tiny_model, toy_data):
-    return lambda run_dir, *extra: overrides(tiny_model, toy_data["train24"], run_dir, *extra)
+def args(fault_args):
+    return fault_args
 
 
-@pytest.fixture(scope="module")
-def reference(args, tmp_path_factory):
-    """The uninterrupted run every fault is compared with."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    result = run(run_dir, args(run_dir))
-    assert result.returncode == 0, result.output[-5000:]
-    assert_continuous_log(result, STEPS)
-    return result
+def assert_resumed_like_reference(resumed, reference) -> None:
+    assert resumed.returncode == 0, resumed.output[-5000:]
+    assert_continuous_log(resumed, STEPS)
+    assert_same_weights(resumed.final_weights(), reference.final_weights())
+    assert_same_series(resumed, reference)
 
 
 @pytest.fixture(scope="module")
 def preempted(args, tmp_path_factory):
-    """A run stopped by SIGTERM once step 2 is logged (the driver is in step 3 by then)."""
+    """A run stopped by SIGTERM once step 2 is logged (the driver is in step 3 by then). Its listening
+    sockets are read at step 1, while every process is up, so the scan cannot delay the signal.
+    Tests that resume it copy its folder first."""
     run_dir = tmp_path_factory.mktemp("preempted")
     trainer = Trainer(run_dir, args(run_dir))
-    trainer.wait_for_step(2)
+    trainer.wait_for_step(1)
     sockets = trainer.listening_sockets()
+    trainer.wait_for_step(2)
     trainer.signal(signal.SIGTERM)
     return run_dir, trainer.finish(), sockets
 
@@ -66,47 +67,44 @@ def test_local_ray_listens_on_loopback_only(preempted):
     assert len(exposed) <= 1, exposed
 
 
-def test_sigterm_checkpoints_the_step_in_progress_and_resumes_exactly(args, reference, preempted):
-    run_dir, stopped, _ = preempted
+def test_sigterm_checkpoints_the_step_in_progress_and_resumes_exactly(args, reference, preempted, tmp_path):
+    original, stopped, _ = preempted
     assert stopped.returncode == 143, stopped.output[-5000:]
     last = stopped.tracker()
     assert last in (2, 3) and f"stopped by SIGTERM after step {last}" in stopped.output
     assert stopped.train_steps()[-1] == last  # finished the step it was in, then saved exactly it
     print(f"SIGTERM -> exit 143 in {seconds_to_exit(stopped):.1f} s, checkpoint of step {last}")
 
-    resumed = run(run_dir, args(run_dir))
-    assert resumed.returncode == 0, resumed.output[-5000:]
+    run_dir = tmp_path / "run"  # the user's folder: checkpoints and file log (the fixture stays untouched)
+    shutil.copytree(original, run_dir)
+    resumed = run_trainer(run_dir, args(run_dir))
     assert f"resuming from {run_dir / 'ckpt' / f'global_step_{last}'}" in resumed.output
-    assert_continuous_log(resumed, STEPS)
-    assert_same_weights(resumed.final_weights(), reference.final_weights())
+    assert_resumed_like_reference(resumed, reference)
     assert resumed.checkpoints() == ["global_step_3", "global_step_4"]  # max_ckpt_to_keep=2 across restarts
 
-    again = run(run_dir, args(run_dir))
+    again = run_trainer(run_dir, args(run_dir))
     assert again.returncode == 0 and "nothing to do" in again.output, again.output[-3000:]
     assert "Started a local Ray instance" not in again.output
     assert again.checkpoints() == ["global_step_3", "global_step_4"] and again.tracker() == STEPS
     assert_continuous_log(again, STEPS)
 
 
+@pytest.mark.slow
 def test_second_sigint_exits_at_once_without_a_checkpoint_of_the_step(args, reference, tmp_path):
     trainer = Trainer(tmp_path, args(tmp_path))
     trainer.wait_for_step(1)
     tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
-    while not tracker.exists():  # step 1 saved: the driver is now in step 2
-        time.sleep(0.1)
+    trainer.wait_until(tracker.exists, "the checkpoint of step 1", timeout=120)  # the driver is now in step 2
     trainer.signal(signal.SIGINT)
-    while "SIGINT received" not in trainer.tail():  # a second signal sent while the first is pending merges
-        time.sleep(0.05)
+    # A second signal sent while the first is still pending merges with it: wait until it was seen.
+    trainer.wait_until(lambda: "SIGINT received" in trainer.tail(), "the first SIGINT's acknowledgement", 60)
     trainer.signal(signal.SIGINT)
     stopped = trainer.finish(timeout=120)
     assert stopped.returncode == 130, stopped.output[-5000:]
     assert "SIGINT again: exiting now" in stopped.output
     assert stopped.tracker() == 1 and stopped.checkpoints() == ["global_step_1"]  # step 2 not saved
     print(f"second SIGINT -> exit 130 in {seconds_to_exit(stopped):.1f} s")
-    resumed = run(tmp_path, args(tmp_path))
-    assert resumed.returncode == 0, resumed.output[-5000:]
-    assert_continuous_log(resumed, STEPS)
-    assert_same_weights(resumed.final_weights(), reference.final_weights())
+    assert_resumed_like_reference(run_trainer(tmp_path, args(tmp_path)), reference)
 
 
 def test_changed_run_settings_stop_before_ray(args, preempted, tmp_path):
@@ -114,7 +112,7 @@ def test_changed_run_settings_stop_before_ray(args, preempted, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir / "ckpt", copy / "ckpt")
     start = time.monotonic()
-    changed = run(copy, args(copy, "data.train_batch_size=4", "psft.loss_mode=sft"))
+    changed = run_trainer(copy, args(copy, "data.train_batch_size=4", "psft.loss_mode=sft"))
     assert changed.returncode == 2, changed.output[-3000:]
     assert "data.train_batch_size: checkpoint has 8, this run has 4" in changed.output
     assert "psft.loss_mode: checkpoint has 'psft', this run has 'sft'" in changed.output
@@ -122,31 +120,31 @@ def test_changed_run_settings_stop_before_ray(args, preempted, tmp_path):
     print(f"changed config refused in {time.monotonic() - start:.1f} s")
 
 
-def test_too_few_rows_stop_before_ray(args, toy_data, tmp_path):
-    few = run(tmp_path, args(tmp_path, "data.train_batch_size=32", "psft.mini_batch_size=16"))
-    assert few.returncode == 2 and "has 24 usable rows, fewer than data.train_batch_size=32" in few.output
-    val = run(tmp_path, args(tmp_path, f"data.val_files={toy_data['val']}", "trainer.n_gpus_per_node=16",
-                             "data.train_batch_size=16", "psft.mini_batch_size=16"))  # fmt: skip
-    assert val.returncode == 2 and "has 8 usable rows, fewer than the data-parallel size 16" in val.output
-    assert "Started a local Ray instance" not in few.output + val.output
-
-
+@pytest.mark.slow
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(args, reference, tmp_path):
-    trainer = Trainer(tmp_path, args(tmp_path, "trainer.total_training_steps=3"))
-    first = trainer.finish()
+    """A 3-step run (one shuffled epoch of train24) stopped cleanly, then extended to step 4: once from an
+    intact copy (resume at an epoch boundary), once with its step-3 shard truncated (falls back to step 2,
+    mid-epoch). Both must end exactly as the uninterrupted 4-step run."""
+    run_dir, clean = tmp_path / "truncated", tmp_path / "clean"
+    first = run_trainer(run_dir, args(run_dir, "trainer.total_training_steps=3"))
     assert first.returncode == 0, first.output[-5000:]
-    shard = tmp_path / "ckpt" / "global_step_3" / "model_world_size_2_rank_1.pt"
+    shutil.copytree(run_dir, clean)
+
+    extended = run_trainer(clean, args(clean))
+    assert f"resuming from {clean / 'ckpt' / 'global_step_3'}" in extended.output
+    assert_resumed_like_reference(extended, reference)
+
+    shard = run_dir / "ckpt" / "global_step_3" / "model_world_size_2_rank_1.pt"
     shard.write_bytes(shard.read_bytes()[:100])  # a half-written file, as after a crash mid-copy
-    resumed = run(tmp_path, args(tmp_path))
-    assert resumed.returncode == 0, resumed.output[-5000:]
+    resumed = run_trainer(run_dir, args(run_dir))
     assert "global_step_3 is not usable: model_world_size_2_rank_1.pt has 100 bytes" in resumed.output
     assert "resuming from" in resumed.output and "global_step_2 (step 2), the newest complete" in resumed.output
-    assert_continuous_log(resumed, STEPS)
-    assert_same_weights(resumed.final_weights(), reference.final_weights())
+    assert_resumed_like_reference(resumed, reference)
 
 
+@pytest.mark.slow
 def test_divergence_stops_naming_step_update_metric_without_a_checkpoint(args, tmp_path):
-    result = run(
+    result = run_trainer(
         tmp_path,
         args(tmp_path, "optim.lr=1e30", "optim.lr_warmup_steps=10", "psft.max_nonfinite=4"),
     )
@@ -163,6 +161,7 @@ def test_divergence_stops_naming_step_update_metric_without_a_checkpoint(args, t
         assert not (tmp_path / "ckpt" / f"global_step_{step}").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_during_save_keeps_the_previous_checkpoint(args, reference, tmp_path):
     mount = tmp_path / "ckpt"
     mount.mkdir()
@@ -170,20 +169,18 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(args, reference, tm
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)]).returncode:
         pytest.skip("needs permission to mount a small tmpfs (the simulated full disk)")
     try:
-        full = run(tmp_path, args(tmp_path))
+        full = run_trainer(tmp_path, args(tmp_path))
         assert full.returncode == 4, full.output[-5000:]
         assert f"saving the checkpoint of step 2 to {mount / 'global_step_2'} failed" in full.output
         assert "MiB free on the filesystem of" in full.output and "previous checkpoint" in full.output
         assert full.checkpoints() == ["global_step_1"] and full.tracker() == 1
         subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)  # the user frees space
-        resumed = run(tmp_path, args(tmp_path))
-        assert resumed.returncode == 0, resumed.output[-5000:]
-        assert_continuous_log(resumed, STEPS)
-        assert_same_weights(resumed.final_weights(), reference.final_weights())
+        assert_resumed_like_reference(run_trainer(tmp_path, args(tmp_path)), reference)
     finally:
         subprocess.run(["umount", "-l", str(mount)])
 
 
+@pytest.mark.slow
 def test_killed_worker_stops_the_driver_naming_it_then_resumes(args, reference, tmp_path):
     trainer = Trainer(tmp_path, args(tmp_path))
     trainer.wait_for_step(2)
@@ -197,7 +194,4 @@ def test_killed_worker_stops_the_driver_naming_it_then_resumes(args, reference, 
     assert "a training worker or its node died during step" in lost.output
     assert f"pid: {victim.pid}" in lost.output  # names the dead worker
     print(f"killed worker -> exit 5 in {seconds_to_exit(lost):.1f} s")
-    resumed = run(tmp_path, args(tmp_path))
-    assert resumed.returncode == 0, resumed.output[-5000:]
-    assert_continuous_log(resumed, STEPS)
-    assert_same_weights(resumed.final_weights(), reference.final_weights())
+    assert_resumed_like_reference(run_trainer(tmp_path, args(tmp_path)), reference)

@@ -4,9 +4,11 @@ What the README's multi-node section describes, for real. The cluster is Ray's o
 facility (``ray.cluster_utils.Cluster``): a head node with the job API and a second node, each a full
 set of Ray processes (raylet, agents, workers) on 127.0.0.1. Each node advertises 12 logical CPUs and
 verl asks 10 per worker bundle, so the two per-node placement groups of ``trainer.nnodes=2
-trainer.n_gpus_per_node=1`` must land on different nodes. The test runs an uninterrupted 2-node job,
-then the same job with the worker node killed after step 2 (every process of that node, as a lost
-machine), brings the node back, resubmits, and expects the uninterrupted run's weights.
+trainer.n_gpus_per_node=1`` must land on different nodes. The job is the fault suite's configuration
+(fault_harness) on 2 nodes x 1 rank: the test kills the worker node after step 2 (every process of that
+node, as a lost machine), brings the node back, resubmits, and expects the weights, loss and grad-norm
+series of the session's uninterrupted 1-node x 2-rank ``reference`` run, bit for bit (same world size,
+same data order, same reductions).
 
 Why not two ``ray start``: Ray's CLI turns a 127.0.0.1 head address into the machine's outward address
 before joining, and refuses to join at all in its loopback mode; a test must not open ports on the
@@ -15,6 +17,7 @@ machine's network. The Cluster facility starts the same processes without that r
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,13 +26,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faults.fault_harness import assert_same_weights
-from trainer_harness import REPO, final_weights, free_port, logged_train_steps
+from faults.fault_harness import STEPS, overrides
+from trainer_harness import REPO, assert_same_weights, final_weights, free_port, logged_train_steps
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CPUS_PER_NODE = 12  # verl's worker bundle takes 10 logical CPUs: one bundle per node, never two
-STEPS = 4
+WAIT_S = 300  # for a job to reach a step or end (one job takes about a minute on 2 idle cores)
 
 
 @pytest.fixture
@@ -85,48 +88,43 @@ def submit(cluster, run_dir: Path, tiny_model: Path, train: Path) -> subprocess.
         "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"),
         "ENV_VARS": "VERL_FILE_LOGGER_PATH RAY_DEDUP_LOGS=0",
     }
-    overrides = [
-        f"model.path={tiny_model}", f"data.train_files={train}", "data.val_files=null",
-        "trainer.nnodes=2", "trainer.n_gpus_per_node=1", "data.train_batch_size=8", "psft.mini_batch_size=4",
-        "psft.shuffle_mini_batches=true", "data.max_length=512", "data.micro_batch_size_per_gpu=2",
-        f"trainer.total_training_steps={STEPS}", "trainer.save_freq=1", "trainer.logger=[console,file]",
-        "optim.lr=1e-3", "optim.lr_warmup_steps=0", "model.enable_gradient_checkpointing=false",
-        f"trainer.default_local_dir={run_dir / 'ckpt'}",
-    ]  # fmt: skip
-    output = open(run_dir / f"submit_{len(list(run_dir.glob('submit_*.txt')))}.txt", "w")
-    return subprocess.Popen(
-        ["bash", str(REPO / "scripts" / "submit_job.sh"), *overrides], env=env, stdout=output, stderr=subprocess.STDOUT
-    )
+    args = overrides(tiny_model, train, run_dir, "trainer.nnodes=2", "trainer.n_gpus_per_node=1")
+    with open(run_dir / f"submit_{len(list(run_dir.glob('submit_*.txt')))}.txt", "w") as output:
+        return subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "submit_job.sh"), *args], env=env, stdout=output, stderr=subprocess.STDOUT
+        )
 
 
 def logged_steps(run_dir: Path) -> list[int]:
     return logged_train_steps(run_dir / "metrics.jsonl")
 
 
+def series(run_dir: Path, key: str) -> list[float]:
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [entry["data"][key] for entry in log if key in entry["data"]]
+
+
 def outputs(run_dir: Path) -> str:
     return "\n".join(p.read_text() for p in sorted(run_dir.glob("submit_*.txt")))
 
 
-def test_two_nodes_lose_the_worker_node_and_resume_to_the_same_weights(cluster, tiny_model, toy_data, tmp_path):
+def test_two_nodes_lose_the_worker_node_and_resume_to_the_same_weights(
+    reference, cluster, tiny_model, toy_data, tmp_path
+):
     train = toy_data["train24"]
-    reference = tmp_path / "reference"
-    assert submit(cluster, reference, tiny_model, train).wait(timeout=900) == 0, outputs(reference)[-5000:]
-    assert logged_steps(reference) == list(range(1, STEPS + 1))
-    assert "succeeded" in outputs(reference)
-
     faulty = tmp_path / "faulty"
     job = submit(cluster, faulty, tiny_model, train)
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + WAIT_S
     while 2 not in logged_steps(faulty):
         assert job.poll() is None, outputs(faulty)[-5000:]
-        assert time.monotonic() < deadline, "no step 2 within 900 s"
+        assert time.monotonic() < deadline, f"no step 2 within {WAIT_S} s"
         time.sleep(0.2)
     lost = worker_node(cluster)
     assert len(training_workers_on(lost)) == 1, "the run does not span both nodes"
     assert len(training_workers_on(cluster["nodes"].head_node)) == 1
     lost_at = time.monotonic()
     cluster["nodes"].remove_node(lost, allow_graceful=False)  # the machine is gone: raylet, agents, workers
-    assert job.wait(timeout=300) != 0, outputs(faulty)[-5000:]
+    assert job.wait(timeout=WAIT_S) != 0, outputs(faulty)[-5000:]
     detected = time.monotonic() - lost_at
     text = outputs(faulty)
     assert "a training worker or its node died during step" in text, text[-5000:]
@@ -135,7 +133,9 @@ def test_two_nodes_lose_the_worker_node_and_resume_to_the_same_weights(cluster, 
 
     cluster["nodes"].add_node(num_cpus=CPUS_PER_NODE)  # the node comes back
     cluster["nodes"].wait_for_nodes(timeout=120)
-    assert submit(cluster, faulty, tiny_model, train).wait(timeout=900) == 0, outputs(faulty)[-5000:]
-    assert "resuming from" in outputs(faulty)
+    assert submit(cluster, faulty, tiny_model, train).wait(timeout=WAIT_S) == 0, outputs(faulty)[-5000:]
+    assert "resuming from" in outputs(faulty) and "succeeded" in outputs(faulty)
     assert logged_steps(faulty) == list(range(1, STEPS + 1)), logged_steps(faulty)
-    assert_same_weights(final_weights(faulty / "ckpt"), final_weights(reference / "ckpt"))
+    assert_same_weights(final_weights(faulty / "ckpt"), reference.final_weights())
+    for key in ("train/loss", "train/grad_norm"):
+        assert series(faulty, key) == reference.series(key), key

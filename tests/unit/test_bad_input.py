@@ -132,6 +132,17 @@ def test_missing_train_file(tiny_model, tmp_path):
     expect_failure(compose_config(tiny_model, missing), ConfigError, str(missing), "prepare_data.py")
 
 
+def test_too_few_rows_for_a_batch_or_for_the_ranks(tiny_model, toy_data):
+    """Counted after tokenising, before Ray (was a 2-process CLI test in the fault suite; the CLI's exit
+    code 2 for any bad input is test_cli_exits_2_with_the_message)."""
+    config = compose_config(tiny_model, toy_data["train24"], "data.train_batch_size=32", "psft.mini_batch_size=16")
+    expect_failure(config, ConfigError, "has 24 usable rows, fewer than data.train_batch_size=32")
+    val = f"data.val_files={toy_data['val']}"
+    sizes = ["trainer.n_gpus_per_node=16", "data.train_batch_size=16", "psft.mini_batch_size=16"]
+    config = compose_config(tiny_model, toy_data["train24"], val, *sizes)
+    expect_failure(config, ConfigError, "has 8 usable rows, fewer than the data-parallel size 16")
+
+
 def test_cli_exits_2_with_the_message(tiny_model, tmp_path):
     rows = make_rows(8)
     rows[2]["demonstration"] = ""

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from time_limits import limit
 
 from evaluation.grader import choice_letter, extract_answer, grade, is_correct, last_boxed
 
@@ -114,12 +115,9 @@ def test_labelled_case(response: str, gold: str, expected: bool):
     assert is_correct(response, gold) is expected
 
 
-def test_case_count_and_agreement():
-    """The issue asks for >= 60 labelled cases; report agreement (the parametrized test asserts each)."""
-    assert len(CASES) >= 60
-    agree = sum(is_correct(r, g) is e for _, r, g, e in CASES)
-    print(f"grader agreement: {agree}/{len(CASES)}")
-    assert agree == len(CASES)
+def test_case_count():
+    """The issue asks for >= 60 labelled cases, with distinct ids (test_labelled_case grades each)."""
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
 
 
 def test_model_text_is_never_executed(tmp_path: Path):
@@ -133,7 +131,7 @@ def test_pathological_expression_is_bounded():
     """A tower that SymPy would expand forever returns False within the hard timeout."""
     start = time.monotonic()
     assert is_correct("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1", timeout_s=2.0) is False
-    assert time.monotonic() - start < 8.0
+    assert time.monotonic() - start < limit(8.0)
     # The grader still works after a timeout (the helper process is restarted when it was killed).
     assert is_correct("\\boxed{\\frac{1}{2}}", "0.5")
 
@@ -174,7 +172,7 @@ def test_extraction_is_linear(name: str):
     start = time.monotonic()
     extract_answer(text)
     small = time.monotonic() - start
-    assert small < 2.0, f"{name}: {small:.2f} s for {len(text)} characters"
+    assert small < limit(2.0), f"{name}: {small:.2f} s for {len(text)} characters"
 
 
 def test_grade_is_bounded_on_any_input():
@@ -190,7 +188,7 @@ def test_grade_is_bounded_on_any_input():
         start = time.monotonic()
         grade(response, gold, timeout_s=timeout)
         took = time.monotonic() - start
-        assert took < 2 * timeout, f"{took:.1f} s on {response[:40]!r}..."
+        assert took < limit(2 * timeout), f"{took:.1f} s on {response[:40]!r}..."
 
 
 def test_rl_reward_uses_the_bounded_grader():
@@ -199,7 +197,7 @@ def test_rl_reward_uses_the_bounded_grader():
     start = time.monotonic()
     assert compute_score("x", "\\boxed{" * (MB // 7), "1") == 0.0
     assert compute_score("x", "so \\boxed{12}", "12") == 1.0
-    assert time.monotonic() - start < 5.0
+    assert time.monotonic() - start < limit(5.0)
 
 
 def test_interrupt_stops_a_waiting_check():
@@ -224,6 +222,6 @@ def test_interrupt_stops_a_waiting_check():
     interrupt()
     thread.join(10)
     clear_interrupt()
-    assert not thread.is_alive() and time.monotonic() - start < 2.0
+    assert not thread.is_alive() and time.monotonic() - start < limit(2.0)
     assert errors and isinstance(errors[0], GradingInterrupted)
     assert is_correct("\\boxed{\\frac{1}{2}}", "0.5")  # usable again afterwards

@@ -55,6 +55,22 @@ def test_builtin_files_and_sizes(small_set: Path) -> None:
     assert all(r["demonstration"] == "" for r in ood)
 
 
+def test_builtin_output_loads_into_the_trainers_dataset(small_set: Path, tiny_model: Path) -> None:
+    """What the trainer reads, without Ray (training on builtin data end to end: the quickstart test)."""
+    from transformers import AutoTokenizer
+
+    from recipe.psft.dataset import DemonstrationDataset
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    dataset = DemonstrationDataset(str(small_set / "train.parquet"), tokenizer, {"max_length": 8192})
+    assert len(dataset) == 48
+    for index in range(len(dataset)):
+        item = dataset[index]
+        mask = item["loss_mask"].bool()
+        assert len(item["input_ids"]) == len(mask) and not mask[0] and mask.any()
+        assert "\\boxed{" in tokenizer.decode(item["input_ids"][mask])  # the demonstration is what is learnt
+
+
 def test_demonstrations_end_with_the_boxed_answer(small_set: Path) -> None:
     for row in read(small_set / "train.parquet"):
         demo, gold = row["demonstration"], row["reward_model"]["ground_truth"]
