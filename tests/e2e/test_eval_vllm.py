@@ -6,10 +6,14 @@ The model's text is random; the tests check structure, counts, token accounting 
 generation_config.json sets ``top_k: 1`` (greedy): a backend that let the model's generation config fill
 a sampling parameter would return identical samples, so distinct samples at temperature 1 show that the
 pinned sampling set is what both backends use.
+
+Default tier: the in-process test. Slow: the checkpoints test, then the Serve tests (in that order, so
+the Serve replica is not idling on the cores while evaluation engines start).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,14 +25,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from time_limits import limit
 from trainer_harness import free_port, listening_sockets
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 16
 N = 3
 QUESTIONS = ["What is 1+1?", "Solve 3x + 5 = 20.", "How many legs do 3 cows have?", "What is 17 * 23 - 9?"]
-
-pytestmark = pytest.mark.slow
 
 
 def _env() -> dict[str, str]:
@@ -75,6 +78,14 @@ def _check_distinct(rows: list[dict]) -> None:
     assert all(len(v) >= 2 for v in by_problem.values()) and share > 0.8, by_problem
 
 
+def weights_sha256(model: Path) -> str:
+    """The run fingerprint's weights digest, recomputed from the bytes on disk: sha256 over
+    ``<file name>\\0<sha256 of the file>\\n`` for each weight file (here ``model.safetensors`` alone)."""
+    (weights,) = [p for p in model.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+    file_sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return hashlib.sha256(f"{weights.name}\0{file_sha}\n".encode()).hexdigest()
+
+
 def _check_rows(rows: list[dict]) -> None:
     assert sorted((r["problem_id"], r["sample_index"]) for r in rows) == [
         (p, i) for p in range(len(QUESTIONS)) for i in range(N)
@@ -106,7 +117,7 @@ def test_in_process_vllm_and_resume(assets: dict[str, Path]):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["n"] == N
     assert summary["sampling"]["top_k"] == -1 and summary["sampling"]["temperature"] == 1.0
-    assert len(summary["weights_sha256"]) == 64
+    assert summary["weights_sha256"] == weights_sha256(assets["model"])
     assert set(summary["overall"]["pass@k"]) == {"1", "2", "3"}
     assert summary["overall"]["completion_tokens_total"] == sum(r["completion_tokens"] for r in rows)
     share = sum(r["finish_reason"] == "length" for r in rows) / len(rows)
@@ -122,6 +133,33 @@ def test_in_process_vllm_and_resume(assets: dict[str, Path]):
     after = _rows(out)
     assert after[: len(kept)] == kept  # finished samples are reused unchanged
     _check_rows(after)
+
+
+@pytest.mark.slow
+def test_accuracy_over_training_every_checkpoint(assets: dict[str, Path]):
+    """evaluation.over_training on a run with two checkpoints: both evaluated, accuracy per step beside the run's
+    log; a rerun starts no engine."""
+    import shutil
+
+    ckpt = assets["root"] / "run_ckpt"
+    for step in (1, 2):
+        shutil.copytree(assets["model"], ckpt / f"global_step_{step}" / "huggingface")
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
+    log = assets["root"] / "logs" / "psft.jsonl"
+    cmd = [sys.executable, "-m", "evaluation.over_training", str(ckpt), "--test_file", str(assets["test_file"])]
+    cmd += ["--train-log", str(log), "--n", "1", "--max_tokens", "8", "--engine-arg", "dtype=float32"]
+    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in log.with_name("psft.eval.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    assert {"eval/all/avg@1", "eval/all/avg@1_stderr", "eval/toy/avg@1"} <= set(lines[0]["data"])
+    for step in (1, 2):
+        summary = json.loads((ckpt / "eval" / "test" / f"global_step_{step}" / "summary.json").read_text())
+        assert summary["complete"] and summary["model"].endswith(f"global_step_{step}/huggingface")
+    started = time.monotonic()
+    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "evaluation.eval" not in res.stderr  # nothing started again
+    assert time.monotonic() - started < limit(30)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +199,7 @@ def serve_app(assets: dict[str, Path]) -> Iterator[str]:
         log.close()
 
 
+@pytest.mark.slow
 def test_serve_app_is_openai_compatible_and_local(serve_app: str, assets: dict[str, Path]):
     models = httpx.get(serve_app + "/v1/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["tiny"]  # the model folder's basename
@@ -175,19 +214,18 @@ def test_serve_app_is_openai_compatible_and_local(serve_app: str, assets: dict[s
     ]
     assert len(set(texts)) >= 3, texts
     port = int(serve_app.rsplit(":", 1)[1])
-    listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
-    if listening.strip():  # bound to loopback only
-        assert all("127.0.0.1:" in line for line in listening.splitlines())
     # The Ray instance `serve run` got from the builder (GCS, raylet, agents, Serve's controller and
-    # proxy, the replica) listens on loopback only.
+    # proxy, the replica) listens on loopback only, the HTTP port included.
     ray_sockets = listening_sockets(int(assets["serve_pid"]))
-    assert ray_sockets, "no listening socket found: the probe is broken"
+    http = [address for address in ray_sockets if address.endswith(f":{port}")]
+    assert http == [f"127.0.0.1:{port}"], (http, ray_sockets)  # also proves the probe sees the tree
     exposed = {a: t for a, t in ray_sockets.items() if not a.startswith(("127.", "::ffff:127.", "::1:"))}
     # vLLM's engine in the replica opens torch.distributed's rendezvous store (rank 0's TCPStore), which
     # listens on every interface and has no bind-address option; no Ray process may.
     assert len(exposed) <= 1 and all("ServeReplica" in title for title in exposed.values()), exposed
 
 
+@pytest.mark.slow
 def test_client_through_serve(serve_app: str, assets: dict[str, Path]):
     out = assets["root"] / "served"
     cmd = _eval_cmd("tiny", assets["test_file"], out, "--backend", "serve", "--base-url", serve_app)
@@ -198,34 +236,8 @@ def test_client_through_serve(serve_app: str, assets: dict[str, Path]):
     _check_distinct(rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["backend"] == "serve" and summary["model"] == "tiny"
-    assert len(summary["weights_sha256"]) == 64  # from the path the server reports in /v1/models
+    assert summary["weights_sha256"] == weights_sha256(assets["model"])  # from the path /v1/models reports
     # Rerun: everything is reused, no request is needed.
     res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "0 to generate" in res.stderr
     assert _rows(out) == rows
-
-
-def test_accuracy_over_training_every_checkpoint(assets: dict[str, Path]):
-    """evaluation.over_training on a run with two checkpoints: both evaluated, accuracy per step beside the run's
-    log; a rerun starts no engine."""
-    import shutil
-
-    ckpt = assets["root"] / "run_ckpt"
-    for step in (1, 2):
-        shutil.copytree(assets["model"], ckpt / f"global_step_{step}" / "huggingface")
-    (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
-    log = assets["root"] / "logs" / "psft.jsonl"
-    cmd = [sys.executable, "-m", "evaluation.over_training", str(ckpt), "--test_file", str(assets["test_file"])]
-    cmd += ["--train-log", str(log), "--n", "1", "--max_tokens", "8", "--engine-arg", "dtype=float32"]
-    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    lines = [json.loads(x) for x in log.with_name("psft.eval.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1, 2]
-    assert {"eval/all/avg@1", "eval/all/avg@1_stderr", "eval/toy/avg@1"} <= set(lines[0]["data"])
-    for step in (1, 2):
-        summary = json.loads((ckpt / "eval" / "test" / f"global_step_{step}" / "summary.json").read_text())
-        assert summary["complete"] and summary["model"].endswith(f"global_step_{step}/huggingface")
-    started = time.monotonic()
-    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and "evaluation.eval" not in res.stderr  # nothing started again
-    assert time.monotonic() - started < 30

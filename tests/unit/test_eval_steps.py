@@ -4,6 +4,7 @@ names from checkpoint paths, the fingerprint cache and the paper-style table."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -48,15 +49,24 @@ def test_model_label(path: str, label: str) -> None:
     assert model_label(path) == label
 
 
+def bump_mtime(path: Path) -> None:
+    """A rewrite within one coarse timestamp tick (kernels without multigrain timestamps) can keep the
+    mtime; the cache is keyed by (size, mtime_ns), so move the mtime on by a second, as a later save would."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
 def test_fingerprint_is_cached_and_follows_the_weights(tmp_path: Path) -> None:
     hf = checkpoint(tmp_path, 1)
     first = model_fingerprint(hf)
     assert (hf / CACHE_NAME).is_file() and first == model_fingerprint(hf)
     cache = json.loads((hf / CACHE_NAME).read_text())
     assert set(cache["files"]) == {"config.json", "model.safetensors"}
-    (hf / "model.safetensors").write_bytes(b"\x07" * 16)  # same size, new content (new mtime)
+    (hf / "model.safetensors").write_bytes(b"\x07" * 16)  # same size, new content
+    bump_mtime(hf / "model.safetensors")
     assert model_fingerprint(hf)["weights_sha256"] != first["weights_sha256"]
     (hf / "config.json").write_text('{"x": 1}')
+    bump_mtime(hf / "config.json")
     assert model_fingerprint(hf)["tokenizer_sha256"] != first["tokenizer_sha256"]
     with pytest.raises(FileNotFoundError, match="no weight files"):
         model_fingerprint(tmp_path)
