@@ -10,7 +10,6 @@ repeat count is kept so that ``--n`` can default to it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from recipe.psft.rows import (
     row_error,
 )
 
-__all__ = ["DataError", "Problem", "file_sha256", "load_problems", "repeat_count"]
+__all__ = ["DataError", "Problem", "load_problems", "repeat_count"]
 
 REQUIRED_COLUMNS = (PROMPT, REWARD_MODEL)
 
@@ -44,14 +43,6 @@ class Problem:
     messages: list[dict[str, str]]
     ground_truth: str
     rows: list[int] = field(default_factory=list)  # 0-based positions in the file of the rows holding this prompt
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _ground_truth(path: Path, number: int, reward_model: Any) -> str:

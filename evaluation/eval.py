@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import grader
-from evaluation.data import DataError, Problem, file_sha256, load_problems, repeat_count
+from evaluation.data import DataError, Problem, load_problems, repeat_count
 from evaluation.grader import GradingInterrupted, grade
 from evaluation.identity import grader_identity, model_fingerprint, model_label
 from evaluation.jobs import Completion, Job, Sampling
 from evaluation.metrics import FAILED_COUNTING, summarize
 from evaluation.store import CorruptSamples, RunLocked, RunMismatch, RunStore, sample_key
+from recipe.psft.files import file_sha256
 
 EXIT_ERRORS = 3
 EXIT_BAD_INPUT = 2

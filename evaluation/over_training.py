@@ -1,8 +1,12 @@
 """Accuracy over training: evaluate every checkpoint of a run, resumably, and log accuracy per step.
 
     python -m evaluation.over_training CKPT_DIR --test_file data/test_aime24.parquet --n 8 [--watch] [eval flags]
-    # CKPT_DIR is trainer.default_local_dir: it holds global_step_N/huggingface (and
-    # latest_checkpointed_iteration.txt); with --watch new checkpoints are evaluated as they appear.
+    # CKPT_DIR is trainer.default_local_dir: it holds global_step_N/huggingface; with --watch new
+    # checkpoints are evaluated as they appear.
+
+A checkpoint is evaluated once it is complete by the rule a resume uses (``recipe.psft.checkpoints``:
+its ``psft_checkpoint.json`` manifest, written after every other file, lists them all); checkpoints
+written without manifests count up to ``latest_checkpointed_iteration.txt``.
 
 Each checkpoint is evaluated by ``python -m evaluation.eval --backend vllm`` in its own process (a
 fresh engine per checkpoint; vLLM does not give memory back within a process) into
@@ -23,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -32,8 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-STEP_DIR = re.compile(r"^global_step_(\d+)$")
-TRACKER = "latest_checkpointed_iteration.txt"
+from recipe.psft.checkpoints import readable_checkpoints
+from recipe.psft.files import atomic_write
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
@@ -57,32 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def ready_checkpoints(ckpt_dir: Path) -> dict[int, Path]:
-    """step -> its ``huggingface`` folder, for checkpoints that are completely written.
-
-    verl writes ``latest_checkpointed_iteration.txt`` after a checkpoint is saved, so steps beyond the
-    number in it may still be in the making; without the file, a folder with weights and config counts.
-    """
-    if not ckpt_dir.is_dir():
-        return {}
-    limit = None
-    tracker = ckpt_dir / TRACKER
-    if tracker.is_file():
-        try:
-            limit = int(tracker.read_text().strip())
-        except ValueError:
-            limit = None
+    """step -> its ``huggingface`` folder, for the checkpoints training itself would trust
+    (:func:`recipe.psft.checkpoints.readable_checkpoints`: complete by their manifest, which is written
+    after every other file) that hold a Hugging Face export with config and weights."""
     found = {}
-    for child in ckpt_dir.iterdir():
-        m = STEP_DIR.match(child.name)
-        hf = child / "huggingface"
-        if not m or not hf.is_dir():
-            continue
-        step = int(m.group(1))
-        if limit is not None and step > limit:
-            continue
+    for state in readable_checkpoints(ckpt_dir):
+        hf = state.path / "huggingface"
         if (hf / "config.json").is_file() and any(f.name.endswith(WEIGHT_SUFFIXES) for f in hf.iterdir()):
-            found[step] = hf
-    return dict(sorted(found.items()))
+            found[state.step] = hf
+    return found
 
 
 def accuracy_entry(step: int, summary: dict[str, Any]) -> dict[str, Any]:
@@ -108,9 +94,7 @@ def write_accuracy_log(path: Path, out_root: Path, steps: list[int]) -> int:
         if summary.get("complete"):
             lines.append(json.dumps(accuracy_entry(step, summary)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
 

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recipe.psft.files import atomic_write
+
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -121,9 +123,7 @@ class RunStore:
                     "Use another --output folder (or delete this one) to start a new run."
                 )
         else:
-            tmp = run_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2) + "\n")
-            os.replace(tmp, run_path)
+            atomic_write(run_path, json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2) + "\n")
 
     def _repair_tail(self) -> None:
         """Drop a half-written last line (a crash mid-write) so appends stay one JSON object per line."""
@@ -192,7 +192,5 @@ class RunStore:
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         path = self.dir / SUMMARY_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(summary, indent=2) + "\n")
         return path

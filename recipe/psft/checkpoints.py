@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .exit_codes import CheckpointError
+from .files import atomic_write, fsync_path
 
 MANIFEST = "psft_checkpoint.json"
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -40,35 +41,16 @@ def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"global_step_{step}"
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(root: Path) -> dict[str, int]:
     """fsync every file and folder under ``root``; return {relative path: size} of its files."""
     files: dict[str, int] = {}
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             path = Path(dirpath) / name
-            _fsync_path(path)
+            fsync_path(path)
             files[str(path.relative_to(root))] = path.stat().st_size
-        _fsync_path(Path(dirpath), directory=True)
+        fsync_path(Path(dirpath), directory=True)
     return files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` so that ``path`` holds either its old content or all of the new, also after a crash."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent, directory=True)
 
 
 def write_manifest(folder: Path, step: int, run_identity: dict[str, Any]) -> None:
@@ -76,11 +58,11 @@ def write_manifest(folder: Path, step: int, run_identity: dict[str, Any]) -> Non
     files = fsync_tree(folder)
     files.pop(MANIFEST, None)
     manifest = {"step": step, "files": files, "run": run_identity}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def write_tracker(root: Path, step: int) -> None:
-    atomic_write_text(Path(root) / TRACKER, str(step))
+    atomic_write(Path(root) / TRACKER, str(step))
 
 
 @dataclass
@@ -125,6 +107,23 @@ def list_checkpoints(root: Path) -> list[CheckpointState]:
         return []
     found = [inspect_checkpoint(p) for p in root.iterdir() if STEP_DIR.match(p.name) and p.is_dir()]
     return sorted(found, key=lambda state: state.step)
+
+
+def readable_checkpoints(root: Path) -> list[CheckpointState]:
+    """The checkpoints another process may read now (``evaluation/over_training.py``), oldest first.
+
+    The rule a resume follows: the complete ones. Folders without a manifest (written before manifests
+    existed, or by plain verl) count, as :func:`resolve_resume` lets them, only where no complete
+    checkpoint exists, and only up to the tracker's step (verl writes the tracker after the save).
+    """
+    states = list_checkpoints(root)
+    complete = [s for s in states if s.complete]
+    if complete:
+        return complete
+    tracked, _ = read_tracker(root)
+    if tracked is None:
+        return []
+    return [s for s in states if s.step <= tracked and not (s.path / MANIFEST).exists()]
 
 
 def read_tracker(root: Path) -> tuple[int | None, str]:

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import files
+
 FORMAT_VERSION = 1
-_EDGE_BYTES = 1 << 20  # bytes hashed at each end of a weight file (hashing 15 GB would take minutes)
 
 
 @dataclass
@@ -51,27 +51,13 @@ class ReferenceLogProbs:
 
 
 def model_fingerprint(model_dir: str | Path) -> dict[str, Any]:
-    """A cheap identity of a Hugging Face model folder: its config and, per weight file, name, size
-    and a hash of its first and last MiB. Moving or copying the folder keeps it; new weights change it."""
+    """The model's identity: :func:`recipe.psft.files.model_fingerprint` (full sha256 of the weights, and of
+    the tokenizer and configs, cached by size and mtime). Exact, because reusing log-probs of another
+    model would be silent; moving or copying the folder keeps it."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return {"path": str(model_dir)}  # a hub id or remote path verl resolves itself
-    identity: dict[str, Any] = {}
-    config = model_dir / "config.json"
-    if config.is_file():
-        identity["config.json"] = hashlib.sha256(config.read_bytes()).hexdigest()
-    for file in sorted(model_dir.iterdir()):
-        if file.suffix not in (".safetensors", ".bin", ".pt", ".gguf") or not file.is_file():
-            continue
-        size = file.stat().st_size
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            digest.update(handle.read(_EDGE_BYTES))
-            if size > _EDGE_BYTES:
-                handle.seek(max(_EDGE_BYTES, size - _EDGE_BYTES))
-                digest.update(handle.read(_EDGE_BYTES))
-        identity[file.name] = f"{size}:{digest.hexdigest()}"
-    return identity
+    return files.model_fingerprint(model_dir)
 
 
 def data_fingerprint(dataset: Any) -> dict[str, Any]:
@@ -94,14 +80,13 @@ def cache_file(root: str | Path, identity: dict[str, Any]) -> Path:
 
 
 def save(path: Path, reference: ReferenceLogProbs, identity: dict[str, Any]) -> None:
-    """Write atomically (temporary file + rename): a crash never leaves a half-written cache."""
+    """Write atomically (:func:`recipe.psft.files.atomic_path`): a crash never leaves a half-written cache."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     metadata = {"format": str(FORMAT_VERSION), "identity": json.dumps(identity, sort_keys=True)}
-    save_file({"values": reference.values.contiguous(), "offsets": reference.offsets}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        save_file({"values": reference.values.contiguous(), "offsets": reference.offsets}, str(tmp), metadata=metadata)
 
 
 def load(path: Path, identity: dict[str, Any]) -> ReferenceLogProbs | None:

@@ -15,12 +15,11 @@ micro-batching (it does not change the maths).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .exit_codes import ResumeMismatch
 
 # Config keys copied as they are (after resolution). Files and the model are fingerprinted below.
@@ -42,46 +41,22 @@ PLAIN_KEYS = (
 DERIVED_KEYS = ("model.path", "model.weights", "data.train_files", "data.train_files.sha256", "trainer.world_size")
 IDENTITY_KEYS = PLAIN_KEYS + DERIVED_KEYS
 
-WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf)$")
-_SAMPLES, _CHUNK = 16, 1 << 16
-
-
-def file_sha256(path: Path) -> str:
-    """Full content hash of a data file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sampled_sha256(path: Path) -> str:
-    """Hash of a weight file's size, first MiB (the safetensors header) and 16 evenly spaced 64 KiB chunks.
-
-    Reading a 15 GB model in full would add minutes to every start; different weights (another
-    fine-tune of the same architecture) differ in every sampled chunk.
-    """
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(1 << 20))
-        for i in range(_SAMPLES):
-            f.seek(size * i // _SAMPLES)
-            digest.update(f.read(_CHUNK))
-    return digest.hexdigest()
+# model.weights recorded by checkpoints of earlier versions (16 sampled chunks per file): not comparable
+# with the full hash, so not compared.
+_LEGACY_WEIGHTS = "sha256-sampled:"
 
 
 def model_fingerprint(model_path: str) -> str:
-    """A fingerprint of a local model folder's weights and config; Hub ids and URLs by name only."""
+    """``model.weights``: :func:`recipe.psft.files.model_fingerprint` of a local model folder (full sha256
+    of the weights, and of the tokenizer and configs, cached by size and mtime); Hub ids and URLs by name."""
     path = Path(os.path.expanduser(model_path))
     if not path.is_dir():
         return f"not a local folder: {model_path}"
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and (WEIGHT_FILE.match(p.name) or p.name == "config.json"))
-    for file in files:
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(sampled_sha256(file).encode())
-    return f"sha256-sampled:{digest.hexdigest()[:32]} ({len(files)} files)"
+    try:
+        fingerprint = files.model_fingerprint(path)
+    except FileNotFoundError:
+        return f"no weight files in {model_path}"
+    return f"sha256:{fingerprint['weights_sha256'][:32]} tokenizer+config sha256:{fingerprint['tokenizer_sha256'][:16]}"
 
 
 def _select(config: Any, dotted: str) -> Any:
@@ -116,10 +91,10 @@ def run_identity(config: Any) -> dict[str, Any]:
     local_model = Path(os.path.expanduser(model_path))
     identity["model.path"] = str(local_model.resolve()) if local_model.exists() else model_path
     identity["model.weights"] = model_fingerprint(model_path)
-    files = _train_files(config)
-    identity["data.train_files"] = files
+    train_files = _train_files(config)
+    identity["data.train_files"] = train_files
     identity["data.train_files.sha256"] = [
-        file_sha256(Path(f)) if "://" not in f and Path(f).is_file() else "unavailable" for f in files
+        files.file_sha256(f) if "://" not in f and Path(f).is_file() else "unavailable" for f in train_files
     ]
     identity["trainer.world_size"] = int(_select(config, "trainer.nnodes") or 1) * int(
         _select(config, "trainer.n_gpus_per_node") or 1
@@ -133,6 +108,7 @@ def identity_changes(recorded: dict[str, Any], current: dict[str, Any]) -> dict[
         key: (recorded.get(key), current.get(key))
         for key in IDENTITY_KEYS
         if key in recorded and recorded.get(key) != current.get(key)
+        and not (key == "model.weights" and str(recorded.get(key)).startswith(_LEGACY_WEIGHTS))
     }
 
 

@@ -72,13 +72,21 @@ def test_fingerprint_is_cached_and_follows_the_weights(tmp_path: Path) -> None:
         model_fingerprint(tmp_path)
 
 
-def test_ready_checkpoints_respect_the_tracker(tmp_path: Path) -> None:
+def test_ready_checkpoints_follow_the_resume_rule(tmp_path: Path) -> None:
+    """The rule of recipe.psft.checkpoints: complete by manifest; folders without one only up to the
+    tracker, and only while no checkpoint is complete."""
+    from recipe.psft.checkpoints import TRACKER, write_manifest
+
     for step in (2, 4, 6):
         checkpoint(tmp_path, step)
     (tmp_path / "global_step_8" / "huggingface").mkdir(parents=True)  # being written: no weights yet
-    assert list(steps.ready_checkpoints(tmp_path)) == [2, 4, 6]
-    (tmp_path / steps.TRACKER).write_text("4")  # step 6 is still being saved
+    assert list(steps.ready_checkpoints(tmp_path)) == []  # no manifest, no tracker: none known finished
+    (tmp_path / TRACKER).write_text("4")  # step 6 is still being saved
     assert list(steps.ready_checkpoints(tmp_path)) == [2, 4]
+    write_manifest(tmp_path / "global_step_6", 6, {})  # sealed by training: complete
+    assert list(steps.ready_checkpoints(tmp_path)) == [6]
+    (tmp_path / "global_step_6" / "huggingface" / "model.safetensors").write_bytes(b"")  # damaged after the seal
+    assert 6 not in steps.ready_checkpoints(tmp_path)
 
 
 def test_accuracy_log_from_complete_summaries(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -34,7 +34,7 @@ def test_identity_records_every_defining_key(config):
     assert set(identity) == set(IDENTITY_KEYS)
     assert identity["trainer.world_size"] == 2
     assert len(identity["data.train_files.sha256"][0]) == 64
-    assert identity["model.weights"].startswith("sha256-sampled:")
+    assert identity["model.weights"].startswith("sha256:")
 
 
 def test_unchanged_and_always_allowed_changes_pass(config):
