@@ -11,8 +11,9 @@ Writes ``train.parquet`` and ``test*.parquet`` into ``--output-dir`` with the co
 rows with reasons, rows holding control strings, content hash). The same options and seed give
 byte-identical files. The work is in ``prepare/``; rows are defined in ``recipe/psft/rows.py``.
 
-Exit codes: 0 done; 2 invalid input (bad rows, a missing file or key, bad options); 3 a Hub source that
-cannot be reached (use --source builtin or --source local offline).
+Exit codes (the project's one table, ``recipe/psft/exit_codes.py``): 0 done; 2 invalid input (bad rows, a
+missing file or key, bad options); 7 a Hub source that cannot be reached (use --source builtin or
+--source local offline).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prepare import builtin, card, control, hub, stats
 from prepare.collect import collect, finalize
 from prepare.overlap import Overlap
 from prepare.records import Report, SourceUnavailable
+from recipe.psft.exit_codes import BAD_INPUT, OK, SOURCE_UNAVAILABLE
 from recipe.psft.rows import ConversationEncoder, DataError
 
 SOURCES = ("openr1", "local", "builtin", "benchmarks")
@@ -206,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         run(resolve(args))
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except SourceUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3
-    return 0
+        return SOURCE_UNAVAILABLE
+    return OK
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
     python -m evaluation.eval --backend vllm --model /path/to/model --test_file aime24.parquet --n 32
 
 The same command again resumes: finished samples in ``--output`` are kept and only the rest is
-generated. Exit status: 0 all samples graded, 3 some samples failed (recorded as errors in
-samples.jsonl and counted in summary.json; rerun to retry them), 130 interrupted, 2 bad input (also: the
-folder holds another run, another process is writing it, or samples.jsonl is damaged).
+generated. Exit status (the project's one table, ``recipe/psft/exit_codes.py``): 0 all samples graded,
+6 some samples failed (recorded as errors in samples.jsonl and counted in summary.json; rerun to retry
+them), 130 interrupted, 2 bad input (also: the folder holds another run, another process is writing it,
+or samples.jsonl is damaged).
 
 Every request carries the whole sampling set (temperature, top_p, top_k, min_p, repetition_penalty,
 presence/frequency penalties, max_tokens, stop); unset ones are neutral, never the model's
@@ -38,11 +39,13 @@ from evaluation.identity import grader_identity, model_fingerprint, model_label
 from evaluation.jobs import Completion, Job, Sampling
 from evaluation.metrics import FAILED_COUNTING, summarize
 from evaluation.store import CorruptSamples, RunLocked, RunMismatch, RunStore, sample_key
+from recipe.psft.exit_codes import BAD_INPUT, INCOMPLETE, INTERRUPTED
 from recipe.psft.files import file_sha256
 
-EXIT_ERRORS = 3
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+# The project's exit codes (recipe/psft/exit_codes.py), under the names this CLI's callers use.
+EXIT_ERRORS = INCOMPLETE
+EXIT_BAD_INPUT = BAD_INPUT
+EXIT_INTERRUPTED = INTERRUPTED
 
 
 def parse_value(text: str) -> Any:

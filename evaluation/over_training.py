@@ -20,7 +20,8 @@ After each checkpoint, accuracy per step is rewritten, complete checkpoints only
 ``--log`` (default: ``<training log>.eval.jsonl`` beside ``--train-log``, else
 ``CKPT_DIR/eval/<test file>/accuracy.jsonl``). ``scripts/plot_runs.py --accuracy-log LABEL=FILE`` draws it.
 
-Exit status: 0 every checkpoint complete, 3 some evaluation incomplete (rerun), 130 interrupted, 2 bad input.
+Exit status (``recipe/psft/exit_codes.py``): 0 every checkpoint complete, 6 some evaluation incomplete
+(rerun), 130 interrupted, 2 bad input.
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from recipe.psft.checkpoints import readable_checkpoints
+from recipe.psft.exit_codes import BAD_INPUT, INCOMPLETE, INTERRUPTED
 from recipe.psft.files import atomic_write
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-EXIT_INCOMPLETE = 3
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     args, eval_args = build_parser().parse_known_args(argv)
     if not Path(args.test_file).is_file():
         print(f"error: --test_file {args.test_file}: no such file", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     if any(a in ("--model", "--output", "--backend") for a in eval_args):
         print("error: --model, --output and --backend are set per checkpoint by this command", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     stem = Path(args.test_file).stem
     out_root = args.output_root or args.ckpt_dir / "eval" / stem
     if args.log is not None:
@@ -155,25 +155,25 @@ def main(argv: list[str] | None = None) -> int:
                 if is_complete(out_dir):
                     continue  # finished earlier: nothing to start
                 code = evaluate_step(hf, args.test_file, out_dir, eval_args)
-                if code == 2:
-                    return 2
+                if code == BAD_INPUT:
+                    return BAD_INPUT
                 if code != 0:
                     incomplete += 1
                 written = write_accuracy_log(log, out_root, list(checkpoints))
                 print(f"[steps] accuracy of {written} checkpoint(s) in {log}", file=sys.stderr, flush=True)
             written = write_accuracy_log(log, out_root, list(checkpoints))
-            status = EXIT_INCOMPLETE if incomplete else 0
+            status = INCOMPLETE if incomplete else 0
             done_until = args.until_step is not None and args.until_step in checkpoints and not incomplete
             if not args.watch or done_until:
                 if not checkpoints:
                     print(f"error: no global_step_*/huggingface with weights in {args.ckpt_dir}", file=sys.stderr)
-                    return 2
+                    return BAD_INPUT
                 print(f"[steps] {written} of {len(checkpoints)} checkpoint(s) evaluated: {log}", file=sys.stderr)
                 return status
             time.sleep(args.interval)
     except KeyboardInterrupt:
         print("\n[steps] interrupted: rerun the same command to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def stage_eval(out: Path, name: str, model: Path, data: Path, plan: Plan) -> dic
         command = [sys.executable, "-m", "evaluation.eval", "--backend", "vllm", "--model", str(model),
                    "--test_file", str(data / "eval.parquet"), "--output", str(result_dir), "--no-progress",
                    *eval_flags(plan)]  # fmt: skip
-        for attempt in range(2):  # exit 3 (some samples failed): the same command retries exactly those
+        for attempt in range(2):  # exit 6 (some samples failed): the same command retries exactly those
             try:
                 run(command, out / "logs" / f"eval_{name}.log", EVAL_ENV)
                 break

@@ -23,7 +23,7 @@ SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\
 
 
 class SourceUnavailable(Exception):
-    """A remote source that cannot be reached (no network, Hub offline): exit code 3."""
+    """A remote source that cannot be reached (no network, Hub offline): exit code 7 (SOURCE_UNAVAILABLE)."""
 
 
 @dataclass

@@ -83,13 +83,13 @@ done
 status=0
 for bench in $BENCHMARKS; do
     eval_cmd "$bench"
-    # Exit 3 = some samples failed (recorded as errors): the same command retries exactly those.
+    # Exit 6 = some samples failed (recorded as errors): the same command retries exactly those.
     for attempt in $(seq 0 "$RETRIES"); do
         echo "+ ${cmd[*]}"
         code=0
         "${cmd[@]}" || code=$?
-        [[ "$code" == 3 && "$attempt" -lt "$RETRIES" ]] || break
-        echo "$bench incomplete (exit 3): rerunning to retry the failed samples"
+        [[ "$code" == 6 && "$attempt" -lt "$RETRIES" ]] || break
+        echo "$bench incomplete (exit 6): rerunning to retry the failed samples"
     done
     [[ "$code" == 0 ]] || status=$code
     [[ "$code" == 130 ]] && exit 130

@@ -1,19 +1,30 @@
-"""Exit codes of ``python -m recipe.psft.main_psft`` and the exceptions that end a run with them.
+"""Exit codes of the project's command lines, in one table, and the exceptions that end a training run
+with them.
 
-A job scheduler or a resubmission script reads the code to decide what to do next:
+A job scheduler or a resubmission script reads the code to decide what to do next. A code means one
+thing in every command: ``python -m recipe.psft.main_psft`` (the trainer), ``python -m evaluation.eval``
+and ``python -m evaluation.over_training`` (evaluation), ``prepare_data.py`` (data):
 
-- 0: trained to the configured end, or that end was already reached (nothing to do, said so).
-- 2: bad config or data (named in the message), or a resume whose run-defining settings changed.
-  Fix and rerun.
-- 3: diverged: ``psft.max_nonfinite`` non-finite losses / grad norms (step, update and metric named);
-  nothing was saved from it. Lower the lr; rerunning resumes from the last checkpoint.
-- 4: checkpoint problem: a save failed (folder and error named; the previous checkpoint stays the
-  latest), or the checkpoint folder holds checkpoints but none is usable. Free space / fix, rerun.
-- 5: a worker process or node died (named). Rerun the same command once the cluster is whole: it resumes.
-- 130 / 143: stopped by SIGINT / SIGTERM after finishing and checkpointing the step in progress.
-  Rerun the same command: it resumes.
+- 0 ``OK``: done. Trainer: trained to the configured end, or that end was already reached (nothing to
+  do, said so).
+- 2 ``BAD_INPUT``: bad config, data or options (named in the message). Trainer: also a resume whose
+  run-defining settings changed. Evaluation: also an output folder that holds another run, is being
+  written by another process, or has a damaged ``samples.jsonl``. Fix and rerun.
+- 3 ``DIVERGED`` (trainer): ``psft.max_nonfinite`` non-finite losses / grad norms (step, update and
+  metric named); nothing was saved from it. Lower the lr; rerunning resumes from the last checkpoint.
+- 4 ``CHECKPOINT_FAILED`` (trainer): a save failed (folder and error named; the previous checkpoint
+  stays the latest), or the checkpoint folder holds checkpoints but none is usable. Free space / fix, rerun.
+- 5 ``WORKER_LOST`` (trainer): a worker process or node died (named). Rerun the same command once the
+  cluster is whole: it resumes.
+- 6 ``INCOMPLETE`` (evaluation): some samples failed or are missing (recorded as errors, counted as
+  incorrect). Rerunning the same command retries exactly those.
+- 7 ``SOURCE_UNAVAILABLE`` (``prepare_data.py``): a Hub source cannot be reached. Use ``--source
+  builtin`` or ``--source local`` offline.
+- 130 / 143 (128 + the signal): stopped by SIGINT / SIGTERM. Trainer: after finishing and checkpointing
+  the step in progress; evaluation: finished samples are kept. Rerun the same command: it resumes.
 
-A second SIGINT/SIGTERM exits at once with the same 130/143, without checkpointing the step in progress.
+A second SIGINT/SIGTERM to the trainer exits at once with the same 130/143, without checkpointing the
+step in progress.
 """
 
 from __future__ import annotations
@@ -25,6 +36,9 @@ BAD_INPUT = 2
 DIVERGED = 3
 CHECKPOINT_FAILED = 4
 WORKER_LOST = 5
+INCOMPLETE = 6
+SOURCE_UNAVAILABLE = 7
+INTERRUPTED = 128 + signal.SIGINT  # 130; see signal_exit_code
 
 
 def signal_exit_code(signum: int) -> int:

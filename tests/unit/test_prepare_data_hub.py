@@ -17,6 +17,7 @@ from time_limits import limit
 import prepare_data
 from prepare import hub
 from prepare.records import SYSTEM_PROMPT, DataError, messages_of, to_row, validate
+from recipe.psft.exit_codes import SOURCE_UNAVAILABLE
 from recipe.psft.rows import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +141,7 @@ def offline_run(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, fl
 )
 def test_hub_sources_fail_fast_offline(tmp_path: Path, args: list[str], env: dict) -> None:
     result, seconds = offline_run(*args, "--output-dir", str(tmp_path / "out"), **env)
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == SOURCE_UNAVAILABLE, result.stderr
     assert seconds < limit(30)
     assert "--source builtin" in result.stderr and "--source local" in result.stderr
     assert "Traceback" not in result.stderr
