@@ -38,11 +38,9 @@ def build_trainer(
     Building the trainer starts Ray and the workers (and runs the reference pass where the mode needs it).
     """
     from hydra import compose, initialize_config_dir
-    from verl.utils.device import auto_set_device
 
-    from recipe.psft.config_checks import check_config
     from recipe.psft.psft_trainer import PSFTTrainer
-    from recipe.psft.verl_adapters.cpu_platform import apply_cpu_defaults
+    from recipe.psft.run_preparation import prepare_run
 
     with initialize_config_dir(config_dir=str(REPO / "recipe/psft/config"), version_base=None):
         config = compose(
@@ -59,17 +57,14 @@ def build_trainer(
                 *overrides,
             ],
         )
-    if not apply_cpu_defaults(config):
-        auto_set_device(config)
-    check_config(config)
-    return config, PSFTTrainer(config=config)
+    return config, PSFTTrainer(config=config, run=prepare_run(config))
 
 
 def first_batch(trainer) -> Any:
     """The training set's first batch, as ``train_step`` takes it."""
     from verl.utils import tensordict_utils as tu
 
-    return tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer._base_meta())
+    return tu.get_tensordict(tensor_dict=next(iter(trainer.train_dataloader)), non_tensor_dict=trainer.batch_meta)
 
 
 def worker_peaks_gib(trainer, reset: bool = False) -> list[float]:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipe.psft.losses import entropy_and_argmax_hit  # noqa: E402
+from recipe.psft.token_metrics import entropy_and_argmax_hit  # noqa: E402
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:

@@ -62,7 +62,8 @@ def main() -> None:
     pass_s = trainer.reference_pass_time_s
 
     start = time.perf_counter()
-    identity = trainer._reference_identity()
+    model = trainer.model_config.local_path or config.model.path
+    identity = reference_cache.reference_identity(config, model, trainer.train_dataset)
     cached = reference_cache.load(reference_cache.cache_file(config.trainer.default_local_dir, identity), identity)
     reload_s = time.perf_counter() - start
     assert cached is not None and len(cached) == args.rows
@@ -72,7 +73,7 @@ def main() -> None:
     epoch_start = time.perf_counter()
     steps = 0
     for data in trainer.train_dataloader:
-        batch = tu.get_tensordict(tensor_dict=data, non_tensor_dict=trainer._base_meta())
+        batch = tu.get_tensordict(tensor_dict=data, non_tensor_dict=trainer.batch_meta)
         trainer.train_step(batch, 10_000 + steps)
         steps += 1
     epoch_s = time.perf_counter() - epoch_start

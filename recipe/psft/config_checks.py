@@ -6,40 +6,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .losses import LOSS_AGG_MODES, LOSS_MODES, kl_estimate
-
-# verl's data.truncation policies (applied per row by the dataset).
-TRUNCATION_MODES = ("error", "left", "right")
+from .dataset import TRUNCATION_MODES
+from .losses import check_loss_settings
 
 
 class ConfigError(ValueError):
     """A config value that cannot work, named with its key and the fix."""
 
 
-def check_loss_mode(loss_mode: str) -> None:
-    """psft.loss_mode must name one of the losses in ``losses.LOSS_MODES``."""
-    if loss_mode not in LOSS_MODES:
-        raise ConfigError(f"psft.loss_mode={loss_mode!r}: expected one of {', '.join(LOSS_MODES)}")
-
-
-def check_loss_agg_mode(loss_agg_mode: str) -> None:
-    """psft.loss_agg_mode must name one of ``losses.LOSS_AGG_MODES`` (verl's names)."""
-    if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ConfigError(f"psft.loss_agg_mode={loss_agg_mode!r}: expected one of {', '.join(LOSS_AGG_MODES)}")
-
-
-def check_kl_estimator(name: str) -> None:
-    """psft.kl_estimator must be a per-token estimator verl's ``kl_penalty`` knows (tried on a probe)."""
-    import torch
-
-    probe = torch.zeros(2)
-    try:
-        kl_estimate(probe, probe, name)
-    except NotImplementedError:
-        raise ConfigError(
-            f"psft.kl_estimator={name!r}: verl's kl_penalty has no such per-token estimator; use one of "
-            "k1 (kl), k2 (mse), k3 (low_var_kl), abs, or a straight-through form such as k3+"
-        ) from None
+def world_size(config: Any) -> int:
+    """Data-parallel ranks of a run: ``trainer.nnodes x trainer.n_gpus_per_node``."""
+    return int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
 
 
 def _files(value: Any) -> list[str]:
@@ -54,9 +31,10 @@ def check_config(config: Any) -> None:
     """Raise ConfigError for the first problem found in ``config`` (an OmegaConf DictConfig)."""
     psft, data, trainer = config.psft, config.data, config.trainer
 
-    check_loss_mode(psft.loss_mode)
-
-    check_loss_agg_mode(psft.loss_agg_mode)
+    try:
+        check_loss_settings(str(psft.loss_mode), str(psft.loss_agg_mode), str(psft.kl_estimator))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if psft.snapshot not in ("step", "initial"):
         raise ConfigError(f"psft.snapshot={psft.snapshot!r}: expected step or initial")
     if psft.snapshot == "initial" and psft.loss_mode != "psft":
@@ -64,7 +42,6 @@ def check_config(config: Any) -> None:
             f"psft.snapshot=initial sets PSFT's old policy, but psft.loss_mode={psft.loss_mode}: "
             "use psft.loss_mode=psft, or psft.snapshot=step"
         )
-    check_kl_estimator(str(psft.kl_estimator))
     if float(psft.kl_coef) < 0:
         raise ConfigError(f"psft.kl_coef={psft.kl_coef}: must be >= 0 (the paper's SFT-KL uses 0.5)")
     if psft.update_token_metrics and config.model.get("use_fused_kernels", False):
@@ -82,7 +59,7 @@ def check_config(config: Any) -> None:
             f"psft.mini_batch_size={mini} does not divide data.train_batch_size={batch}: "
             f"choose a mini-batch size from {divisors}"
         )
-    dp_size = int(trainer.nnodes) * int(trainer.n_gpus_per_node)
+    dp_size = world_size(config)
     for key, value in (("data.train_batch_size", batch), ("psft.mini_batch_size", mini)):
         if value % dp_size:
             raise ConfigError(
@@ -149,7 +126,7 @@ def check_sizes(config: Any, train_rows: int, val_rows: int | None) -> None:
         )
     if val_rows is None:
         return
-    dp_size = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+    dp_size = world_size(config)
     if val_rows < dp_size:
         raise ConfigError(
             f"data.val_files ({', '.join(_files(config.data.get('val_files')))}) has {val_rows} usable rows, fewer "

@@ -27,10 +27,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from recipe.psft.config_checks import TRUNCATION_MODES
 from recipe.psft.rows import ConversationEncoder, DataError, columns_of, conversation_of, read_records
 
-__all__ = ["DataError", "DemonstrationDataset", "truncate"]
+__all__ = ["DataError", "DemonstrationDataset", "TRUNCATION_MODES", "WithRowIndex", "truncate"]
+
+# verl's data.truncation policies, applied per row by :func:`truncate`.
+TRUNCATION_MODES = ("error", "left", "right")
 
 
 def _plain(value: Any) -> Any:
@@ -128,3 +130,16 @@ class DemonstrationDataset(Dataset):
             "position_ids": torch.arange(len(input_ids), dtype=torch.long),
             "loss_mask": torch.from_numpy(self.loss_masks[index].astype(np.int64)),
         }
+
+
+class WithRowIndex(Dataset):
+    """The training dataset with each item's row number (``row_index``), to look up per-row caches."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {**self.dataset[index], "row_index": torch.tensor([index], dtype=torch.long)}

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from verl.trainer.ppo.core_algos import kl_penalty  # verl's public per-token KL estimators
 
+from .token_metrics import ARGMAX_HIT, PROBE_ENTROPY
+
 LOSS_MODES = ("psft", "sft", "dft", "sft_kl", "asft")
 KL_LOSS_MODES = ("sft_kl", "asft")  # modes with a KL penalty to the reference (initial) model
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
@@ -45,26 +47,6 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 # How the driver reduces each per-micro-batch metric over micro-batches, ranks and mini-batches.
 # "sum": values are already divided by the global token count, so their sum is the global mean.
 METRIC_REDUCTION = {"ratio_max": "max", "ratio_min": "min"}
-
-# Optional per-token inputs of the loss, in ``model_output``, filled without gradients by the engine's
-# logits hook (see verl_adapters/engine.py): 1.0 where the logits' argmax is the next token (the
-# token_acc metric), and the token's entropy (the entropy metric).
-ARGMAX_HIT = "argmax_hit"
-PROBE_ENTROPY = "probe_entropy"
-
-# Rows of logits handled at once by the no-grad metrics probe. On a GPU, 1024 rows bound its
-# temporaries (two [rows, vocab] fp32 buffers, about 0.6 GB each at a 151k vocabulary). On a CPU the
-# probe is bound by memory traffic: chunks of a few MB keep its passes in cache, and its two buffers
-# are reused across chunks because a fresh multi-MB tensor per chunk costs a page fault per 4 KB.
-PROBE_CHUNK_ROWS = 1024
-PROBE_CHUNK_ELEMENTS_CPU = 2_000_000
-
-
-def probe_chunk_rows(vocab: int, device: torch.device) -> int:
-    """Rows of logits per chunk of the metrics probe on ``device``."""
-    if device.type == "cpu":
-        return max(1, PROBE_CHUNK_ELEMENTS_CPU // max(1, vocab))
-    return PROBE_CHUNK_ROWS
 
 
 def psft_surrogate(
@@ -81,50 +63,23 @@ def kl_estimate(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, estimator: s
     return kl_penalty(log_prob, ref_log_prob, estimator)
 
 
-def token_spans(mask: torch.Tensor | None, n: int) -> list[tuple[int, int]]:
-    """The [start, end) runs of True in a 1-D ``mask`` (all of ``range(n)`` when there is no mask)."""
-    if mask is None:
-        return [(0, n)] if n else []
-    flags = torch.nn.functional.pad(mask.bool().to(torch.int8), (1, 1))
-    edges = torch.nonzero(flags.diff()).flatten().tolist()
-    return list(zip(edges[::2], edges[1::2], strict=True))
+def check_loss_settings(mode: str, loss_agg_mode: str, kl_estimator: str) -> None:
+    """ValueError naming the setting when a loss mode, aggregation or KL estimator does not exist.
 
-
-@torch.no_grad()
-def entropy_and_argmax_hit(
-    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token entropy of softmax(logits) and whether the label is the argmax, without autograd.
-
-    Only rows where ``mask`` is true are computed (the others are 0): the metrics are means over
-    demonstration tokens, so prompt tokens need no vocabulary-sized work. Chunked over rows, with two
-    reused buffers: nothing vocabulary-sized outlives the call. A label counts as the argmax when its
-    logit equals the row's maximum (``amax`` is one cheap pass, ``max`` with indices is three times
-    slower on CPU); the two differ only on exact ties, where this counts the label as a hit.
+    The KL estimator is tried on a probe, so whatever verl's ``kl_penalty`` accepts is accepted.
     """
-    n, vocab = logits.shape
-    entropy = torch.zeros(n, dtype=torch.float32, device=logits.device)
-    hit = torch.zeros(n, dtype=torch.float32, device=logits.device)
-    spans = token_spans(mask, n)
-    if not spans:
-        return entropy, hit
-    rows = min(probe_chunk_rows(vocab, logits.device), max(end - start for start, end in spans))
-    shifted = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
-    exp = torch.empty_like(shifted)
-    for span_start, span_end in spans:
-        for start in range(span_start, span_end, rows):
-            end = min(start + rows, span_end)
-            chunk = logits[start:end].float()
-            top = chunk.amax(dim=-1, keepdim=True)
-            # H = log Z - sum(e * s) / Z with s = logits - max, e = exp(s), Z = sum(e): one exp per
-            # logit, and the shift keeps the sums small (about 1e-6 from float64 at a 151k vocabulary,
-            # where logsumexp - sum(softmax * logits) is about 3e-4 off).
-            s = torch.sub(chunk, top, out=shifted[: end - start])
-            e = torch.exp(s, out=exp[: end - start])
-            total = e.sum(dim=-1)
-            entropy[start:end] = total.log() - torch.linalg.vecdot(e, s) / total
-            hit[start:end] = (chunk.gather(1, labels[start:end, None]) >= top).squeeze(1).float()
-    return entropy, hit
+    if mode not in LOSS_MODES:
+        raise ValueError(f"psft.loss_mode={mode!r}: expected one of {', '.join(LOSS_MODES)}")
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"psft.loss_agg_mode={loss_agg_mode!r}: expected one of {', '.join(LOSS_AGG_MODES)}")
+    probe = torch.zeros(2)
+    try:
+        kl_estimate(probe, probe, kl_estimator)
+    except NotImplementedError:
+        raise ValueError(
+            f"psft.kl_estimator={kl_estimator!r}: verl's kl_penalty has no such per-token estimator; use one "
+            "of k1 (kl), k2 (mse), k3 (low_var_kl), abs, or a straight-through form such as k3+"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -146,12 +101,7 @@ class TokenLoss:
     loss_agg_mode: str = "token-mean"
 
     def __post_init__(self) -> None:
-        # Imported here: config_checks imports LOSS_MODES from this module.
-        from .config_checks import check_kl_estimator, check_loss_agg_mode, check_loss_mode
-
-        check_loss_mode(self.mode)
-        check_loss_agg_mode(self.loss_agg_mode)
-        check_kl_estimator(self.kl_estimator)
+        check_loss_settings(self.mode, self.loss_agg_mode, self.kl_estimator)
 
     def __call__(self, model_output: dict, data: Any, dp_group: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
         return self._loss(model_output, data)

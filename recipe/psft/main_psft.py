@@ -15,40 +15,24 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .checkpoints import resolve_resume
-from .config_checks import ConfigError, check_config
+from .config_checks import ConfigError
 from .dataset import DataError
 from .exit_codes import BAD_INPUT, RunStopped
 from .preemption import PreemptionGuard
-from .run_identity import check_resume, run_identity
-from .verl_adapters.cpu_platform import apply_cpu_defaults
+from .run_preparation import prepare_run
 
 
 def run_psft(config: DictConfig, preemption: PreemptionGuard | None = None) -> dict | None:
-    """Validate, check the resume, build the trainer (data first, then Ray and the FSDP workers), train."""
+    """Prepare the run (config checks, resume plan), build the trainer (data first, then Ray and the
+    FSDP workers), train."""
     import ray
-    from verl.utils.device import auto_set_device
 
     from .psft_trainer import PSFTTrainer
 
-    if not apply_cpu_defaults(config):
-        auto_set_device(config)
-    check_config(config)
-    trainer_cfg = config.trainer
-    plan = resolve_resume(
-        trainer_cfg.default_local_dir, trainer_cfg.get("resume_mode", "auto"), trainer_cfg.get("resume_from_path")
-    )
-    identity = run_identity(config)
-    allowed = [str(k) for k in config.psft.get("resume_allow_changes", None) or []]
-    accepted = check_resume(plan.run_identity, identity, allowed, str(plan.path))
-    if accepted:
-        print(f"[psft] resuming {plan.path} with changed {accepted} (psft.resume_allow_changes)", file=sys.stderr)
-    if plan.path is not None:
-        print(f"[psft] resuming from {plan.path} (step {plan.step})", file=sys.stderr, flush=True)
+    run = prepare_run(config)
     started_ray = not ray.is_initialized()
     try:
-        trainer = PSFTTrainer(config=config, resume_plan=plan, identity=identity, preemption=preemption)
-        return trainer.fit()
+        return PSFTTrainer(config=config, run=run, preemption=preemption).fit()
     finally:
         if started_ray and ray.is_initialized():
             ray.shutdown()

@@ -102,3 +102,51 @@ def load(path: Path, identity: dict[str, Any]) -> ReferenceLogProbs | None:
         if json.loads(metadata.get("identity", "null")) != json.loads(json.dumps(identity, sort_keys=True)):
             return None
         return ReferenceLogProbs(handle.get_tensor("values"), handle.get_tensor("offsets"))
+
+
+def reference_identity(config: Any, model_path: str, dataset: Any) -> dict[str, Any]:
+    """What the reference log-probs depend on: the model, the tokenised rows and the engine's numerics."""
+    from omegaconf import OmegaConf
+
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+    engine = config.engine
+    return {
+        "model": model_fingerprint(model_path),
+        "data": data_fingerprint(dataset),
+        # What else changes the numbers: the engine's dtypes and the attention/padding path.
+        "numerics": {
+            "strategy": str(engine.get("strategy")),
+            "model_dtype": str(engine.get("model_dtype")),
+            "dtype": str(engine.get("dtype")),
+            "mixed_precision": plain(engine.get("mixed_precision")),
+            "use_remove_padding": bool(config.model.use_remove_padding),
+            "override_config": plain(config.model.get("override_config")),
+        },
+    }
+
+
+def load_or_compute(
+    root: str | Path, identity: dict[str, Any], rows: int, chunk: int, log_probs_of: Any
+) -> tuple[ReferenceLogProbs, float]:
+    """The stored log-probs for ``identity`` under ``root``, else computed and stored; and the seconds
+    the pass took (0 when loaded). ``log_probs_of(indices)`` returns one log-prob row per index."""
+    import time
+
+    from tqdm import tqdm
+
+    path = cache_file(root, identity)
+    cached = load(path, identity)
+    if cached is not None:
+        print(f"reference log-probs: reusing {path} ({len(cached)} rows)")
+        return cached, 0.0
+    start = time.perf_counter()
+    result: list[torch.Tensor] = []
+    for first in tqdm(range(0, rows, chunk), desc="reference log-probs"):
+        result.extend(log_probs_of(list(range(first, min(rows, first + chunk)))))
+    reference = ReferenceLogProbs.from_rows(result)
+    save(path, reference, identity)
+    seconds = time.perf_counter() - start
+    print(f"reference log-probs: {len(result)} rows in {seconds:.1f} s, stored in {path}")
+    return reference, seconds

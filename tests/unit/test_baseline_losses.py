@@ -7,7 +7,8 @@ import pytest
 import torch
 from loss_batches import nested
 
-from recipe.psft.losses import TokenLoss, entropy_and_argmax_hit, probe_chunk_rows
+from recipe.psft.losses import TokenLoss
+from recipe.psft.token_metrics import entropy_and_argmax_hit, probe_chunk_rows
 
 
 def make_batch(lengths: list[int], seed: int = 0) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recipe.psft.psft_trainer import rows_needing_snapshot, update_schedule
+from recipe.psft.step_plan import rows_needing_snapshot, update_schedule
 
 
 def test_schedule_covers_every_row_once_per_pass_and_skip_drops_only_the_first_mini_batch():

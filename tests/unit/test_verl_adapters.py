@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipe.psft.losses import ARGMAX_HIT, PROBE_ENTROPY, TokenLoss
+from recipe.psft.losses import TokenLoss
+from recipe.psft.token_metrics import ARGMAX_HIT, PROBE_ENTROPY
 from recipe.psft.verl_adapters import (
     TESTED_VERL_VERSION,
     UntestedVerlError,

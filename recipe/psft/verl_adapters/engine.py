@@ -5,10 +5,12 @@
   function. Its distillation hook does: with the non-tensor flag ``distillation_use_topk`` set on a
   batch, the engine calls the loss object once more per micro-batch as ``loss(student_logits=...,
   data=...)`` and merges the returned per-token tensors into ``model_output``. :class:`WithLogitsProbe`
-  answers that call with :data:`~recipe.psft.losses.ARGMAX_HIT` and
-  :data:`~recipe.psft.losses.PROBE_ENTROPY`, computed without gradients (verl's own
+  answers that call with :data:`~recipe.psft.token_metrics.ARGMAX_HIT` and
+  :data:`~recipe.psft.token_metrics.PROBE_ENTROPY`, computed without gradients (verl's own
   ``calculate_entropy`` would keep a vocabulary-sized tensor in a training forward's graph), and
   passes every other call to the loss.
+* The non-tensor keys a batch carries into ``train_batch`` / ``infer_batch`` (:func:`batch_meta`,
+  :func:`train_meta`, :func:`probe_meta`), and the data-parallel balancing of a mini-batch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..losses import ARGMAX_HIT, PROBE_ENTROPY, entropy_and_argmax_hit
+from ..token_metrics import ARGMAX_HIT, PROBE_ENTROPY, entropy_and_argmax_hit
 
 # verl's FSDP engine: "call the loss object with the full logits" (meant for top-k distillation).
 LOGITS_HOOK_FLAG = "distillation_use_topk"
@@ -33,6 +35,45 @@ def data_parallel_size(worker_group: Any) -> int:
 def logits_hook_meta(enabled: bool) -> dict[str, bool]:
     """Non-tensor batch metadata that turns the engine's logits hook (token accuracy) on or off."""
     return {LOGITS_HOOK_FLAG: enabled}
+
+
+def batch_meta(config: Any, pad_token_id: int) -> dict[str, Any]:
+    """What every batch tells the engine: padding layout and sampling temperature (1: plain log-probs)."""
+    return {
+        "use_remove_padding": config.model.use_remove_padding,
+        "temperature": 1.0,
+        "pad_mode": config.data.pad_mode,
+        "pad_token_id": pad_token_id,
+    }
+
+
+def train_meta(config: Any, pad_token_id: int) -> dict[str, Any]:
+    """What a ``train_batch`` call adds: micro-batching and the mini-batch size the loss divides by."""
+    return {
+        **batch_meta(config, pad_token_id),
+        "use_dynamic_bsz": config.data.use_dynamic_bsz,
+        "max_token_len_per_gpu": config.data.max_token_len_per_gpu,
+        "micro_batch_size_per_gpu": config.data.micro_batch_size_per_gpu,
+        "global_batch_size": config.psft.mini_batch_size,
+        # Token metrics come from the no-grad logits probe (see probe_meta), never from verl's
+        # calculate_entropy, which would keep a vocabulary-sized tensor in the training graph.
+        "calculate_entropy": False,
+    }
+
+
+def probe_meta(on: bool, fused_kernels: bool) -> dict[str, Any]:
+    """Switch the no-grad logits probe (entropy, token accuracy) of a forward on or off. Fused kernels
+    never materialise logits: there a forward-only pass computes entropy instead (``calculate_entropy``)."""
+    return {**logits_hook_meta(on and not fused_kernels), "calculate_entropy": False}
+
+
+def balanced_order(indices: torch.Tensor, seqlens: list[int], dp_size: int) -> torch.Tensor:
+    """Reorder a mini-batch's rows so each data-parallel rank gets a similar token workload."""
+    from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
+
+    workload = calculate_workload(torch.tensor([seqlens[i] for i in indices.tolist()], dtype=torch.float32))
+    partitions = get_seqlen_balanced_partitions(workload, k_partitions=dp_size, equal_size=True)
+    return indices[torch.tensor([j for part in partitions for j in sorted(part)])]
 
 
 def token_probe(logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
