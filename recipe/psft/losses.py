@@ -22,12 +22,19 @@ Aggregation (``loss_agg_mode``, verl's names):
 * ``token-mean``: mean over the loss tokens of the whole mini-batch on all data-parallel ranks (verl's
   ``batch_num_tokens``);
 * ``seq-mean-token-mean``: each sequence's token mean, averaged over the sequences of the whole
-  mini-batch (``batch_num_sequences``, counted by the driver over all ranks).
+  mini-batch (``batch_num_sequences``, counted by the driver over all ranks);
+* ``micro-token-mean``: the original's rule (verl 0.5's PPO actor, ``dp_actor.update_policy``): the
+  token mean inside each micro-batch, weighted by the micro-batch's share of the mini-batch's
+  sequences, n_micro / n_mini_batch; summed over a rank's micro-batches, averaged over ranks.
 
-Either way the gradient does not depend on how a mini-batch is cut into micro-batches or ranks: the
-engine sums the micro-batch losses and averages gradients over ranks, hence the ``* dp_size`` below,
-exactly as verl's own ``sft_loss``. Logged metrics are always global token means, whatever the loss's
-aggregation, so runs with different settings stay comparable.
+The first two do not depend on how a mini-batch is cut into micro-batches or ranks: the engine sums
+the micro-batch losses and averages gradients over ranks, hence the ``* dp_size`` below, exactly as
+verl's own ``sft_loss``. ``micro-token-mean`` depends on that cut by definition (it is the original's
+rule, not a property of the data); given the cut it is exact. Logged metrics are always global token
+means, whatever the loss's aggregation, so runs with different settings stay comparable.
+
+No clip (the paper's unstable ablation): ``clip_ratio_high=inf`` makes the PSFT objective the plain
+importance-weighted one, - mean r (the lower clip never binds with A = +1).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from .token_metrics import ARGMAX_HIT, PROBE_ENTROPY
 
 LOSS_MODES = ("psft", "sft", "dft", "sft_kl", "asft")
 KL_LOSS_MODES = ("sft_kl", "asft")  # modes with a KL penalty to the reference (initial) model
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "micro-token-mean")
 
 # How the driver reduces each per-micro-batch metric over micro-batches, ranks and mini-batches.
 # "sum": values are already divided by the global token count, so their sum is the global mean.
@@ -116,7 +123,12 @@ class TokenLoss:
         def token_mean(values: torch.Tensor) -> torch.Tensor:
             return (values * mask).sum() * scale
 
-        aggregate = token_mean if self.loss_agg_mode == "token-mean" else self._seq_mean_token_mean(data, mask)
+        if self.loss_agg_mode == "token-mean":
+            aggregate = token_mean
+        elif self.loss_agg_mode == "micro-token-mean":
+            aggregate = self._micro_token_mean(data, mask)
+        else:
+            aggregate = self._seq_mean_token_mean(data, mask)
 
         old = data["old_log_probs"].values().to(log_prob) if "old_log_probs" in data.keys() else log_prob.detach()
         ref = data["ref_log_probs"].values().to(log_prob) if "ref_log_probs" in data.keys() else None
@@ -177,3 +189,26 @@ class TokenLoss:
             return (sums / seq_tokens.clamp_min(1)).sum() * scale
 
         return seq_mean_token_mean
+
+    @staticmethod
+    def _micro_token_mean(data: Any, mask: torch.Tensor):
+        """Aggregation by the original's rule (verl 0.5 ``dp_actor.update_policy``, dynamic or fixed
+        micro-batches alike): ``masked_mean`` over this micro-batch's loss tokens, times
+        ``loss_scale_factor`` = (sequences in the micro-batch) / (the mini-batch's sequences per rank);
+        FSDP then averages gradients over ranks. Here: x dp_size / (the mini-batch's sequences on all
+        ranks, ``batch_num_sequences``), which is the same number, and the engine's rank average.
+
+        Sequences are counted when they have loss tokens (in the original every row has some); a
+        micro-batch without loss tokens contributes 0, as ``masked_mean`` gives there.
+        """
+        lengths = data["loss_mask"].offsets().to(mask.device).diff()
+        seq_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=mask.device), lengths)
+        seq_tokens = torch.zeros(len(lengths), dtype=mask.dtype, device=mask.device).index_add_(0, seq_of_token, mask)
+        sequences = int((seq_tokens > 0).sum().item())
+        tokens = float(mask.sum().item())
+        scale = data["dp_size"] * sequences / data["batch_num_sequences"] / max(tokens, 1.0)
+
+        def micro_token_mean(values: torch.Tensor) -> torch.Tensor:
+            return (values * mask).sum() * scale
+
+        return micro_token_mean
