@@ -21,25 +21,22 @@ weights and tokenizer, the grader's version and the test file's hash.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import sys
 import time
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evaluation import grader
 from evaluation.data import DataError, Problem, load_problems, repeat_count
 from evaluation.grader import GradingInterrupted, grade
-from evaluation.identity import grader_identity, model_fingerprint, model_label
-from evaluation.jobs import Completion, Job, Sampling
-from evaluation.metrics import FAILED_COUNTING, summarize
-from evaluation.store import CorruptSamples, RunLocked, RunMismatch, RunStore, sample_key
-from recipe.psft.exit_codes import BAD_INPUT, INCOMPLETE, INTERRUPTED
+from evaluation.identity import grader_identity, model_identity
+from evaluation.jobs import Backend, Completion, Job, Sampling, plan_jobs
+from evaluation.store import CorruptSamples, RunLocked, RunMismatch, RunStore
+from evaluation.summary import build_summary, format_table
+from recipe.psft.exit_codes import BAD_INPUT, INCOMPLETE, INTERRUPTED, OK
 from recipe.psft.files import file_sha256
 
 # The project's exit codes (recipe/psft/exit_codes.py), under the names this CLI's callers use.
@@ -121,7 +118,68 @@ def _engine_args(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _row(job: Job, idx: int, comp: Completion | None, error: str | None, grade_timeout: float) -> dict[str, Any]:
+def sampling_of(args: argparse.Namespace) -> Sampling:
+    return Sampling(
+        args.temperature,
+        args.top_p,
+        args.max_tokens,
+        args.seed,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        stop=tuple(args.stop),
+    )
+
+
+@dataclass
+class Run:
+    """What is settled before an engine starts: the problems, n, the sampling, the fingerprint, the store."""
+
+    problems: list[Problem]
+    n: int
+    sampling: Sampling
+    fingerprint: dict[str, Any]
+    info: dict[str, Any]
+    engine_args: dict[str, Any]
+    store: RunStore
+
+
+def prepare_run(args: argparse.Namespace) -> Run:
+    """Read and check everything that can fail on bad input (raises DataError, RunMismatch, RunLocked)."""
+    if args.n is not None and args.n < 1:
+        raise DataError("--n must be >= 1")
+    engine_args = _engine_args(args.engine_arg)
+    problems = load_problems(args.test_file)
+    n = args.n or repeat_count(problems)
+    sampling = sampling_of(args)
+    identity, label = model_identity(args.backend, args.model, args.model_path, args.base_url, args.api_key)
+    fingerprint = {
+        "model": args.model,
+        **identity,
+        **grader_identity(),
+        **sampling.as_dict(),
+        "test_file_sha256": file_sha256(args.test_file),
+    }
+    out_dir = Path(args.output) if args.output else default_output(args, label)
+    local_model = args.backend == "vllm" or args.model_path
+    info = {
+        "test_file": str(Path(args.test_file).resolve()),
+        "backend": args.backend,
+        "model_path": str(Path(args.model if args.backend == "vllm" else args.model_path).resolve())
+        if local_model
+        else None,
+        "base_url": args.base_url if args.backend == "serve" else None,
+        "engine_args": engine_args if args.backend == "vllm" else None,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    store = RunStore(out_dir, fingerprint, info)
+    return Run(problems, n, sampling, fingerprint, info, engine_args, store)
+
+
+def sample_row(job: Job, idx: int, comp: Completion | None, error: str | None, grade_timeout: float) -> dict[str, Any]:
+    """One ``samples.jsonl`` row: the completion graded, or the error that replaced it."""
     prob = job.problem
     row: dict[str, Any] = {
         "problem_id": prob.problem_id,
@@ -146,153 +204,122 @@ def _row(job: Job, idx: int, comp: Completion | None, error: str | None, grade_t
     return row
 
 
-def build_summary(store: RunStore, problems: list[Problem], n: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """summary.json: overall and per-data_source metrics over the samples with index < n."""
-    latest = store.latest()
-    per_problem: list[dict[str, Any]] = []
-    for prob in problems:
-        rec: dict[str, Any] = {"source": prob.data_source, "correct": [], "answers": [], "finish": [], "boxed": []}
-        rec["errors"] = 0
-        rec["missing"] = 0
-        rec["tokens"] = []
-        for idx in range(n):
-            row = latest.get(sample_key(prob.problem_id, idx))
-            if row is None:
-                rec["missing"] += 1
-            elif row.get("error") is not None:
-                rec["errors"] += 1
+class Recorder:
+    """The backends' ``on_done``: grade a finished job, append its rows (durably), move the progress bar."""
+
+    def __init__(self, store: RunStore, bar: Any, grade_timeout: float):
+        self.store, self.bar, self.grade_timeout = store, bar, grade_timeout
+        self.failed = 0
+
+    def __call__(self, job: Job, completions: list[Completion] | None, error: str | None) -> None:
+        slots = job.sample_indices
+        if completions is not None and len(completions) != len(slots):
+            error, completions = f"expected {len(slots)} completions, got {len(completions)}", None
+        try:
+            if completions is None:
+                rows = [sample_row(job, i, None, error, self.grade_timeout) for i in slots]
             else:
-                rec["correct"].append(bool(row["correct"]))
-                rec["answers"].append(row.get("extracted_answer"))
-                rec["finish"].append(row.get("finish_reason"))
-                rec["boxed"].append(bool(row.get("boxed")))
-                if row.get("completion_tokens") is not None:
-                    rec["tokens"].append(row["completion_tokens"])
-        per_problem.append(rec)
+                rows = [sample_row(job, i, c, None, self.grade_timeout) for i, c in zip(slots, completions)]
+        except GradingInterrupted:
+            return  # Ctrl-C while grading: the problem is regenerated on the next run, never half-graded
+        if completions is None:
+            self.failed += len(rows)
+            self.bar.set_postfix(errors=self.failed)
+        self.store.append(rows)
+        self.bar.update(len(rows))
 
-    def section(recs: list[dict[str, Any]]) -> dict[str, Any]:
-        out = summarize(recs, n)
-        out["samples_missing"] = sum(r["missing"] for r in recs)
-        tokens = [t for r in recs for t in r["tokens"]]
-        out["completion_tokens_mean"] = sum(tokens) / len(tokens) if tokens else None
-        out["completion_tokens_total"] = sum(tokens)
-        return out
 
-    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for rec in per_problem:
-        by_source[rec["source"]].append(rec)
-    overall = section(per_problem)
-    complete = overall["samples_errored"] == 0 and overall["samples_missing"] == 0
+def open_backend(args: argparse.Namespace, engine_args: dict[str, Any]) -> Backend:
+    if args.backend == "vllm":
+        from evaluation.vllm_local import InProcessEngine
+
+        return InProcessEngine(args.model, engine_args)
+    from evaluation.serve_client import RetryPolicy, ServeBackend
+
+    return ServeBackend(
+        base_url=args.base_url,
+        model=args.model,
+        concurrency=args.concurrency,
+        retry=RetryPolicy(max_retries=args.max_retries, base_delay_s=args.retry_delay),
+        request_timeout_s=args.request_timeout,
+        api_key=args.api_key,
+        on_interrupt=grader.interrupt,
+    )
+
+
+def generate(args: argparse.Namespace, run: Run, jobs: list[Job], total: int) -> tuple[int, float]:
+    """Run the jobs on the chosen backend, each finished problem graded and written at once.
+    Returns (exit status so far, seconds spent)."""
+    from tqdm import tqdm
+
+    todo = sum(len(j.sample_indices) for j in jobs)
+    bar = tqdm(total=total, initial=total - todo, unit="sample", disable=args.no_progress, dynamic_ncols=True)
+    status = OK
+    started = time.perf_counter()
+    try:
+        if jobs:
+            backend = open_backend(args, run.engine_args)
+            try:
+                backend.run(jobs, run.sampling, Recorder(run.store, bar, args.grade_timeout))
+            finally:
+                backend.shutdown()
+    except KeyboardInterrupt:
+        status = INTERRUPTED
+        grader.interrupt()
+        print("\n[eval] interrupted: finished samples are saved; run the same command to resume", file=sys.stderr)
+    finally:
+        bar.close()
+    return status, time.perf_counter() - started
+
+
+def summary_meta(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     return {
-        **meta,
-        "n": n,
-        "complete": complete,
-        "failed_counting": FAILED_COUNTING,
-        "overall": overall,
-        "by_data_source": {src: section(recs) for src, recs in sorted(by_source.items())},
+        "model": args.model,
+        "model_path": run.info["model_path"],
+        "weights_sha256": run.fingerprint.get("weights_sha256"),
+        "grader_version": run.fingerprint["grader_version"],
+        # The effective sampling: every parameter is sent with each request (the server's and the
+        # model's generation defaults never apply).
+        "sampling": run.sampling.as_dict(),
+        "test_file": run.info["test_file"],
+        "test_file_sha256": run.fingerprint["test_file_sha256"],
+        "backend": args.backend,
     }
 
 
-def _fmt(v: Any, pct: bool = True) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
-    return f"{100 * v:.1f}" if pct else str(v)
+def finish_run(args: argparse.Namespace, run: Run, status: int, seconds: float) -> int:
+    """Write summary.json, print the table; the exit status."""
+    summary = build_summary(run.store, run.problems, run.n, summary_meta(args, run))
+    summary["generation_seconds_this_run"] = seconds
+    summary["interrupted"] = status == INTERRUPTED
+    path = run.store.write_summary(summary)
+    print(format_table(summary))
+    print(f"[eval] samples: {run.store.samples_path}\n[eval] summary: {path}", file=sys.stderr)
+    if status:
+        return status
+    if not summary["complete"]:
+        o = summary["overall"]
+        print(
+            f"[eval] WARNING: {o['samples_errored']} sample(s) failed and {o['samples_missing']} are missing "
+            f"({o['problems_failed']} problem(s)); avg@{run.n} counts them as incorrect. Rerun the same command to "
+            "retry them.",
+            file=sys.stderr,
+        )
+        return INCOMPLETE
+    return OK
 
 
-def format_table(summary: dict[str, Any]) -> str:
-    n = summary["n"]
-    ks = list(summary["overall"]["pass@k"])
-    head = ["data_source", "problems", f"avg@{n}", "±se"] + [f"pass@{k}" for k in ks]
-    head += [f"maj@{n}", "cut%", "boxed%", "errors"]
-    lines = []
-    sections = [("ALL", summary["overall"])] + list(summary["by_data_source"].items())
-    for name, s in sections:
-        cells = [name, str(s["problems"]), _fmt(s[f"avg@{n}"]), _fmt(s[f"avg@{n}_stderr"])]
-        cells += [_fmt(s["pass@k"].get(k, {}).get("value")) for k in ks]
-        cells += [_fmt(s[f"maj@{n}"]), _fmt(s["truncated_share"]), _fmt(s["boxed_share"])]
-        cells += [str(s["samples_errored"] + s["samples_missing"])]
-        lines.append(cells)
-    widths = [max(len(r[i]) for r in [head] + lines) for i in range(len(head))]
-    fmt_row = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt_row(head), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in lines])
-
-
-def _served_root(base_url: str, model: str, api_key: str | None) -> str | None:
-    """The path the server loaded ``model`` from (vLLM reports it as ``root`` in /v1/models), or None."""
-    import httpx
-
-    from evaluation.serve_client import chat_url
-
-    url = chat_url(base_url).rsplit("/chat/completions", 1)[0] + "/models"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        data = httpx.get(url, timeout=10, headers=headers, trust_env=False).json()
-        for entry in data.get("data", []):
-            if entry.get("id") == model and isinstance(entry.get("root"), str):
-                return entry["root"]
-    except (httpx.HTTPError, ValueError, AttributeError):
-        pass
-    return None
-
-
-def model_identity(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """(the model part of the fingerprint, the label results are filed under)."""
-    path = args.model if args.backend == "vllm" else args.model_path
-    if path is None and args.backend == "serve":
-        path = _served_root(args.base_url, args.model, args.api_key)
-    if path is not None and Path(path).is_dir():
-        try:
-            ident = model_fingerprint(path)
-        except FileNotFoundError as e:
-            raise DataError(str(e)) from e
-        return ident, (model_label(path) if args.backend == "vllm" or args.model_path else model_label(args.model))
-    if args.model_path is not None:
-        raise DataError(f"--model-path {args.model_path}: not a folder")
-    if args.backend == "vllm" and "/" in args.model and not Path(args.model).exists():
-        raise DataError(f"--model {args.model}: no such folder (a Hub id cannot be fingerprinted; download it first)")
+def evaluate(args: argparse.Namespace, run: Run) -> int:
+    jobs = plan_jobs(run.problems, run.n, run.store.finished())
+    total = run.n * len(run.problems)
+    todo = sum(len(j.sample_indices) for j in jobs)
     print(
-        f"[eval] warning: the weights of {args.model!r} cannot be fingerprinted (pass --model-path FOLDER); "
-        "a model retrained in place would not be noticed",
+        f"[eval] {len(run.problems)} problems x {run.n} samples = {total}; {total - todo} reused from "
+        f"{run.store.dir}, {todo} to generate ({args.backend})",
         file=sys.stderr,
     )
-    return {"weights_sha256": None}, model_label(args.model)
-
-
-def _sigint_is_default() -> bool:
-    # A shell's background job starts with SIGINT ignored; that choice is respected.
-    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-def run_async_interruptibly(coro: Any) -> None:
-    """Run ``coro`` on a fresh event loop; Ctrl-C cancels it and raises KeyboardInterrupt here.
-
-    The SIGINT handler is the loop's own (``add_signal_handler``), which wakes the loop through its
-    self-pipe whichever thread the kernel delivers the signal to; grading threads are told to stop too.
-    """
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(coro)
-    interrupted = False
-
-    def on_sigint() -> None:
-        nonlocal interrupted
-        interrupted = True
-        grader.interrupt()
-        task.cancel()
-
-    handled = _sigint_is_default()
-    if handled:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
-        loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        if interrupted:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        if handled:
-            loop.remove_signal_handler(signal.SIGINT)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    status, seconds = generate(args, run, jobs, total)
+    return finish_run(args, run, status, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C before generation started (imports, loading, engine start-up): nothing to save.
         print("\n[eval] interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return INTERRUPTED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -309,177 +336,17 @@ def _main(argv: list[str] | None) -> int:
     grader.clear_interrupt()
     # Everything that can fail on bad input happens before an engine or a connection is made.
     try:
-        if args.n is not None and args.n < 1:
-            raise DataError("--n must be >= 1")
-        engine_extra = _engine_args(args.engine_arg)
-        problems = load_problems(args.test_file)
-        n = args.n or repeat_count(problems)
-        sampling = Sampling(
-            args.temperature,
-            args.top_p,
-            args.max_tokens,
-            args.seed,
-            top_k=args.top_k,
-            min_p=args.min_p,
-            repetition_penalty=args.repetition_penalty,
-            presence_penalty=args.presence_penalty,
-            frequency_penalty=args.frequency_penalty,
-            stop=tuple(args.stop),
-        )
-        identity, label = model_identity(args)
-        fingerprint = {
-            "model": args.model,
-            **identity,
-            **grader_identity(),
-            **sampling.as_dict(),
-            "test_file_sha256": file_sha256(args.test_file),
-        }
-        out_dir = Path(args.output) if args.output else default_output(args, label)
-        info = {
-            "test_file": str(Path(args.test_file).resolve()),
-            "backend": args.backend,
-            "model_path": str(Path(args.model if args.backend == "vllm" else args.model_path or "").resolve())
-            if (args.backend == "vllm" or args.model_path)
-            else None,
-            "base_url": args.base_url if args.backend == "serve" else None,
-            "engine_args": engine_extra if args.backend == "vllm" else None,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        store = RunStore(out_dir, fingerprint, info)
+        run = prepare_run(args)
     except (DataError, RunMismatch, RunLocked) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return BAD_INPUT
     try:
-        return _evaluate(args, store, problems, n, sampling, fingerprint, info, engine_extra)
+        return evaluate(args, run)
     except CorruptSamples as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return BAD_INPUT
     finally:
-        store.close()
-
-
-def _evaluate(
-    args: argparse.Namespace,
-    store: RunStore,
-    problems: list[Problem],
-    n: int,
-    sampling: Sampling,
-    fingerprint: dict[str, Any],
-    info: dict[str, Any],
-    engine_extra: dict[str, Any],
-) -> int:
-    out_dir = store.dir
-    done = store.finished()
-    jobs = []
-    for prob in problems:
-        missing = [i for i in range(n) if sample_key(prob.problem_id, i) not in done]
-        if missing:
-            jobs.append(Job(prob, missing))
-    total = n * len(problems)
-    todo = sum(len(j.sample_indices) for j in jobs)
-    print(
-        f"[eval] {len(problems)} problems x {n} samples = {total}; {total - todo} reused from {out_dir}, "
-        f"{todo} to generate ({args.backend})",
-        file=sys.stderr,
-    )
-    meta = {
-        "model": args.model,
-        "model_path": info["model_path"],
-        "weights_sha256": fingerprint.get("weights_sha256"),
-        "grader_version": fingerprint["grader_version"],
-        # The effective sampling: every parameter is sent with each request (the server's and the
-        # model's generation defaults never apply).
-        "sampling": sampling.as_dict(),
-        "test_file": info["test_file"],
-        "test_file_sha256": fingerprint["test_file_sha256"],
-        "backend": args.backend,
-    }
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=total - todo, unit="sample", disable=args.no_progress, dynamic_ncols=True)
-    failed = 0
-    status = 0
-
-    def record(job: Job, completions: list[Completion] | None, error: str | None) -> None:
-        nonlocal failed
-        if completions is not None and len(completions) != len(job.sample_indices):
-            error, completions = f"expected {len(job.sample_indices)} completions, got {len(completions)}", None
-        try:
-            if completions is None:
-                rows = [_row(job, i, None, error, args.grade_timeout) for i in job.sample_indices]
-            else:
-                rows = [_row(job, i, c, None, args.grade_timeout) for i, c in zip(job.sample_indices, completions)]
-        except GradingInterrupted:
-            return  # Ctrl-C while grading: the problem is regenerated on the next run, never half-graded
-        if completions is None:
-            failed += len(rows)
-            bar.set_postfix(errors=failed)
-        store.append(rows)
-        bar.update(len(rows))
-
-    started = time.perf_counter()
-    try:
-        if jobs and args.backend == "vllm":
-            from evaluation.vllm_local import InProcessEngine
-
-            engine = InProcessEngine(args.model, engine_extra)
-            try:
-                engine.run(jobs, sampling, record)
-            finally:
-                engine.shutdown()
-        elif jobs:
-            from evaluation.serve_client import RetryPolicy, run_jobs
-
-            # One grading thread: grading stays off the event loop, rows are written one problem at a
-            # time, and Ctrl-C has a single thread to stop (grader.interrupt()).
-            grading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
-
-            async def record_async(job: Job, comps: list[Completion] | None, error: str | None) -> None:
-                await asyncio.get_running_loop().run_in_executor(grading, record, job, comps, error)
-
-            try:
-                run_async_interruptibly(
-                    run_jobs(
-                        jobs,
-                        base_url=args.base_url,
-                        model=args.model,
-                        sampling=sampling,
-                        concurrency=args.concurrency,
-                        on_done=record_async,
-                        retry=RetryPolicy(max_retries=args.max_retries, base_delay_s=args.retry_delay),
-                        request_timeout_s=args.request_timeout,
-                        api_key=args.api_key,
-                    )
-                )
-            finally:
-                grading.shutdown(wait=True, cancel_futures=True)
-    except KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
-        grader.interrupt()
-        print("\n[eval] interrupted: finished samples are saved; run the same command to resume", file=sys.stderr)
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - started
-
-    summary = build_summary(store, problems, n, meta)
-    summary["generation_seconds_this_run"] = elapsed
-    summary["interrupted"] = status == EXIT_INTERRUPTED
-    path = store.write_summary(summary)
-    print(format_table(summary))
-    print(f"[eval] samples: {store.samples_path}\n[eval] summary: {path}", file=sys.stderr)
-    if status:
-        return status
-    if not summary["complete"]:
-        o = summary["overall"]
-        print(
-            f"[eval] WARNING: {o['samples_errored']} sample(s) failed and {o['samples_missing']} are missing "
-            f"({o['problems_failed']} problem(s)); avg@{n} counts them as incorrect. Rerun the same command to "
-            "retry them.",
-            file=sys.stderr,
-        )
-        return EXIT_ERRORS
-    return 0
+        run.store.close()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """What the generation backends share: a job (one problem, the sample slots still missing), the
-sampling settings, and a finished completion."""
+sampling settings, a finished completion, the backend interface, and the planning of a run's jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 from evaluation.data import Problem
+from evaluation.store import sample_key
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,25 @@ class Completion:
 
 # on_done(job, completions, error): exactly one of completions / error is set.
 OnDone = Callable[[Job, "list[Completion] | None", "str | None"], None]
+
+
+class Backend(Protocol):
+    """A generation backend: :class:`evaluation.vllm_local.InProcessEngine` (``--backend vllm``) or
+    :class:`evaluation.serve_client.ServeBackend` (``--backend serve``)."""
+
+    def run(self, jobs: Sequence[Job], sampling: Sampling, on_done: OnDone) -> None:
+        """Generate every job's missing samples and hand each job to ``on_done`` once, as soon as it
+        finishes, so it is written before the next; Ctrl-C raises KeyboardInterrupt."""
+
+    def shutdown(self) -> None:
+        """Release the engine or connections."""
+
+
+def plan_jobs(problems: Sequence[Problem], n: int, done: set[tuple[str, int]]) -> list[Job]:
+    """One job per problem that still misses some of its ``n`` samples (``done``: keys of finished ones)."""
+    jobs = []
+    for prob in problems:
+        missing = [i for i in range(n) if sample_key(prob.problem_id, i) not in done]
+        if missing:
+            jobs.append(Job(prob, missing))
+    return jobs

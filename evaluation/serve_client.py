@@ -5,18 +5,22 @@ One request per job asks for all of its missing samples with ``n``. Transient fa
 errors, timeouts, 408/429/5xx, and HTTP 200 replies that are not well-formed) are retried with
 exponential backoff and jitter; a job that still fails
 is reported as an error with the last reason, so the caller records it instead of dropping it.
+:class:`ServeBackend` runs it for ``python -m evaluation.eval`` (the ``Backend`` of :mod:`evaluation.jobs`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import signal
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from evaluation.jobs import Completion, Job, Sampling
+from evaluation.jobs import Completion, Job, OnDone, Sampling
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -186,3 +190,84 @@ async def run_jobs(
                 await on_done(job, completions, None)
 
         await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+
+
+def _sigint_is_default() -> bool:
+    # A shell's background job starts with SIGINT ignored; that choice is respected.
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def run_async_interruptibly(coro: Any, on_interrupt: Callable[[], None] = lambda: None) -> None:
+    """Run ``coro`` on a fresh event loop; Ctrl-C calls ``on_interrupt``, cancels it and raises
+    KeyboardInterrupt here.
+
+    The SIGINT handler is the loop's own (``add_signal_handler``), which wakes the loop through its
+    self-pipe whichever thread the kernel delivers the signal to; ``on_interrupt`` tells other threads
+    (grading) to stop too.
+    """
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        interrupted = True
+        on_interrupt()
+        task.cancel()
+
+    handled = _sigint_is_default()
+    if handled:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+@dataclass
+class ServeBackend:
+    """The ``serve`` backend (:class:`evaluation.jobs.Backend`): :func:`run_jobs` against a server.
+
+    ``on_done`` runs on one grading thread: grading stays off the event loop, rows are written one
+    problem at a time, and Ctrl-C has a single thread to stop (``on_interrupt``).
+    """
+
+    base_url: str
+    model: str
+    concurrency: int
+    retry: RetryPolicy
+    request_timeout_s: float
+    api_key: str | None
+    on_interrupt: Callable[[], None]
+
+    def run(self, jobs: Sequence[Job], sampling: Sampling, on_done: OnDone) -> None:
+        grading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
+
+        async def on_done_async(job: Job, completions: list[Completion] | None, error: str | None) -> None:
+            await asyncio.get_running_loop().run_in_executor(grading, on_done, job, completions, error)
+
+        job_run = run_jobs(
+            jobs,
+            base_url=self.base_url,
+            model=self.model,
+            sampling=sampling,
+            concurrency=self.concurrency,
+            on_done=on_done_async,
+            retry=self.retry,
+            request_timeout_s=self.request_timeout_s,
+            api_key=self.api_key,
+        )
+        try:
+            run_async_interruptibly(job_run, self.on_interrupt)
+        finally:
+            grading.shutdown(wait=True, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        """Nothing to release: every connection closes with its run."""

@@ -37,7 +37,8 @@ def engine_kwargs(model: str, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 class InProcessEngine:
-    """A vLLM ``LLM`` kept alive across calls (benchmarks reuse one engine for several passes)."""
+    """The ``vllm`` backend (:class:`evaluation.jobs.Backend`): a vLLM ``LLM`` kept alive across calls
+    (benchmarks reuse one engine for several passes)."""
 
     def __init__(self, model: str, extra_engine_args: dict[str, Any] | None = None):
         from vllm import LLM
