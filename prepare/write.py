@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recipe.psft import rows
+from recipe.psft import files, rows
 
 # One fixed schema for every file: pyarrow would otherwise infer types row by row, and an all-empty
 # column (or a different dict order) would change the bytes written.
@@ -34,10 +34,9 @@ def write_parquet(table_rows: list[dict[str, Any]], path: Path) -> str:
     byte-identical files. Written to a temporary name first so a crash never leaves a half file behind.
     """
     table = pa.Table.from_pylist(table_rows, schema=SCHEMA)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, len(table_rows)), write_statistics=False)
-    tmp.replace(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with files.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, len(table_rows)), write_statistics=False)
+    return files.file_sha256(path)
 
 
 def content_hash(files: dict[str, list[dict[str, Any]]]) -> str:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from recipe.psft.files import atomic_write
+
 from .finetune import METHODS, REFERENCE_MODES, EvalSets, FinetuneConfig, finetune, measure
 from .model import CharTokenizer, ModelSize
 from .pretrain import PretrainConfig, load_pretrained, pretrain
@@ -54,9 +56,7 @@ def run_name(method: str, lr: float, seed: int) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=1) + "\n")
 
 
 @dataclass(frozen=True)
