@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Launch PSFT (or a baseline) with a preset from configs/experiment/, on this node or a Ray cluster.
 #
-#   LOSS_MODE=psft|sft|dft|sft_kl|asft  PRESET=paper_openr1  MODEL=/path/to/hf_model  TRAIN_FILE=...  VAL_FILE=...
+#   [LOSS_MODE=psft|sft|dft|sft_kl|asft]  PRESET=paper_openr1  MODEL=/path/to/hf_model  TRAIN_FILE=...  VAL_FILE=...
 #   NNODES=1  GPUS_PER_NODE=8  bash scripts/train.sh [hydra overrides...] [--dry-run]
+#
+# Without LOSS_MODE the preset's psft.loss_mode stands (e.g. PRESET=paper_openr1_sft_matched is SFT).
 #
 # Multi-node: start Ray on every node first (`ray start --head` / `ray start --address=HEAD:6379`) and
 # run this on the head node with RAY_ADDRESS=auto, or submit it with scripts/submit_job.sh.
@@ -13,7 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/common.sh"
 parse_dry_run "$@"
 
-LOSS_MODE="${LOSS_MODE:-psft}"
+LOSS_MODE="${LOSS_MODE:-}"
 PRESET="${PRESET:-paper_openr1}"
 MODEL="${MODEL:-$HOME/models/Qwen2.5-7B-Instruct}"
 TRAIN_FILE="${TRAIN_FILE:-$HOME/data/openr1/train.parquet}"
@@ -22,14 +24,16 @@ NNODES="${NNODES:-1}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
 PYTHON="${PYTHON:-python3}"
 model_name="$(basename "$MODEL")"
-EXPERIMENT="${EXPERIMENT:-${LOSS_MODE}-${model_name}-${PRESET}}"
+EXPERIMENT="${EXPERIMENT:-${LOSS_MODE:+${LOSS_MODE}-}${model_name}-${PRESET}}"
 
 if [[ -n "$VAL_FILE" ]]; then val="data.val_files=$VAL_FILE"; else val="data.val_files=null"; fi
+mode=()
+if [[ -n "$LOSS_MODE" ]]; then mode=("psft.loss_mode=$LOSS_MODE"); fi
 
 cmd=(
     "$PYTHON" -m recipe.psft.main_psft
     --config-dir="$ROOT/configs" "+experiment=$PRESET"
-    "psft.loss_mode=$LOSS_MODE"
+    ${mode[@]+"${mode[@]}"}
     "model.path=$MODEL"
     "data.train_files=$TRAIN_FILE"
     "$val"

@@ -75,8 +75,8 @@ def check_config(config: Any) -> None:
     low, high = float(psft.clip_ratio_low), float(psft.clip_ratio_high)
     if not 0.0 < low < 1.0:
         raise ConfigError(f"psft.clip_ratio_low={low}: must be in (0, 1) (the paper uses 0.2)")
-    if high <= 0.0:
-        raise ConfigError(f"psft.clip_ratio_high={high}: must be > 0 (the paper uses 0.28)")
+    if not high > 0.0:  # NaN fails too; inf is the no-clip ablation (the importance-weighted objective)
+        raise ConfigError(f"psft.clip_ratio_high={high}: must be > 0 (the paper uses 0.28; inf: no clip)")
 
     max_nonfinite = int(psft.get("max_nonfinite", 3))
     if max_nonfinite < 1:

@@ -43,33 +43,66 @@ def test_shellcheck_clean():
     assert proc.returncode == 0, proc.stdout
 
 
+# (script, PRESET or None, loss mode, (batch, mini-batch, lr), other psft keys). Sources: README
+# "Baselines and ablations" (the paper; the original's run_psft.sh; its author in issues 7 and 18).
+PSFT_SETTING = (256, 32, 1e-6)
+PAPER_SFT_SETTING = (256, 256, 2e-5)  # the author: mini-batch = batch, lr 2e-5 (one update per step)
+ORIGINAL_AVERAGING = {"loss_agg_mode": "micro-token-mean"}
+LIMO = {"loss_agg_mode": "seq-mean-token-mean"}  # one sequence per GPU micro-batch in the original
 BASELINES = [
-    ("run_psft.sh", "psft", {}),
-    ("run_sft.sh", "sft", {}),
-    ("run_sft_kl.sh", "sft_kl", {"kl_coef": 0.5, "kl_estimator": "low_var_kl"}),
-    ("run_psft_warmup.sh", "psft", {"sft_warmup_steps": 178}),
-    ("run_psft_initial_snapshot.sh", "psft", {"snapshot": "initial"}),
+    ("run_psft.sh", None, "psft", PSFT_SETTING, ORIGINAL_AVERAGING),
+    ("run_sft.sh", None, "sft", PAPER_SFT_SETTING, ORIGINAL_AVERAGING),
+    ("run_sft_matched.sh", None, "sft", PSFT_SETTING, ORIGINAL_AVERAGING),
+    ("run_sft_kl.sh", None, "sft_kl", PSFT_SETTING, {"kl_coef": 0.5, "kl_estimator": "low_var_kl"}),
+    ("run_psft_warmup.sh", None, "psft", PSFT_SETTING, {"sft_warmup_steps": 178}),
+    ("run_psft_initial_snapshot.sh", None, "psft", PSFT_SETTING, {"snapshot": "initial"}),
+    ("run_psft.sh", "limo_toy", "psft", (64, 8, 1e-6), LIMO),
+    ("run_sft.sh", "limo_toy_sft", "sft", (64, 64, 2e-5), LIMO),
+    ("run_sft_matched.sh", "limo_toy_sft_matched", "sft", (64, 8, 1e-6), LIMO),
 ]
 
 
-@pytest.mark.parametrize(("script", "mode", "psft_keys"), BASELINES, ids=[b[0] for b in BASELINES])
-def test_cluster_training_scripts_use_the_papers_setting(script, mode, psft_keys, tmp_path):
+@pytest.mark.parametrize(
+    ("script", "preset", "mode", "setting", "psft_keys"),
+    BASELINES,
+    ids=[f"{b[0]}:{b[1] or 'default'}" for b in BASELINES],
+)
+def test_cluster_training_scripts_use_the_papers_setting(script, preset, mode, setting, psft_keys, tmp_path):
     train = tmp_path / "train.parquet"
     train.touch()
     env = {"MODEL": "/models/Llama-3.1-8B-Instruct", "TRAIN_FILE": str(train), "NNODES": "2", "GPUS_PER_NODE": "8"}
+    if preset:
+        env["PRESET"] = preset
     command = dry_run(script, "trainer.total_epochs=3", **env)
     assert command[:3] == [sys.executable, "-m", "recipe.psft.main_psft"]
     assert f"psft.loss_mode={mode}" in command and "trainer.total_epochs=3" == command[-1]
     config = resolved_config(command)
     assert config["psft"]["loss_mode"] == mode
-    assert (config["data"]["train_batch_size"], config["psft"]["mini_batch_size"]) == (256, 32)
+    batch, mini, lr = setting
+    assert (config["data"]["train_batch_size"], config["psft"]["mini_batch_size"]) == (batch, mini)
     assert (config["psft"]["clip_ratio_low"], config["psft"]["clip_ratio_high"]) == (0.2, 0.28)
     optim = config["optim"]
-    assert (optim["lr"], optim["lr_warmup_steps"], optim["weight_decay"], optim["clip_grad"]) == (1e-6, 10, 0.1, 1.0)
+    assert (optim["lr"], optim["lr_warmup_steps"], optim["weight_decay"], optim["clip_grad"]) == (lr, 10, 0.1, 1.0)
+    # The original's micro-batch token budget: max prompt + max response (2048 + 6144; LIMO 2048 + 36864,
+    # rounded up to 40960 here, which seq-mean-token-mean does not depend on).
+    assert config["data"]["max_token_len_per_gpu"] == (8192 if batch == 256 else 40960)
     assert (config["trainer"]["nnodes"], config["trainer"]["n_gpus_per_node"]) == (2, 8)
     assert config["model"]["path"] == "/models/Llama-3.1-8B-Instruct"
     assert config["trainer"]["total_epochs"] == 3  # the extra override came through
     assert {key: config["psft"][key] for key in psft_keys} == psft_keys
+    if batch == 256:
+        assert config["psft"]["loss_agg_mode"] == "micro-token-mean"  # every paper_openr1* preset
+
+
+def test_train_script_without_a_loss_mode_keeps_the_presets(tmp_path):
+    train = tmp_path / "train.parquet"
+    train.touch()
+    env = {"PRESET": "paper_openr1_sft_matched", "TRAIN_FILE": str(train), "MODEL": "/models/Qwen2.5-7B-Instruct"}
+    command = dry_run("train.sh", **env)
+    assert not any(arg.startswith("psft.loss_mode=") for arg in command)
+    assert "trainer.experiment_name=Qwen2.5-7B-Instruct-paper_openr1_sft_matched" in command
+    config = resolved_config(command)
+    assert (config["psft"]["loss_mode"], config["psft"]["mini_batch_size"], config["optim"]["lr"]) == ("sft", 32, 1e-6)
 
 
 def test_rl_from_psft_script_resolves_in_verls_ppo_config(tmp_path):
