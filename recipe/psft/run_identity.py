@@ -10,7 +10,8 @@ resume that changes any of it, naming every changed key with both values, unless
 Deliberately *not* part of the identity (always free to change at resume): the number of steps or
 epochs (extending a run), logging, validation files and frequency, save frequency and retention,
 the learning rate and other optimizer settings (a common, deliberate intervention), and
-micro-batching (it does not change the maths).
+micro-batching (it does not change the maths, except under ``psft.loss_agg_mode=micro-token-mean``,
+the original's rule, where it moves the per-token weights: change it there only on purpose).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PLAIN_KEYS = (
     "psft.mini_batch_size",
     "psft.epochs",
     "psft.loss_mode",
+    "psft.loss_agg_mode",
     "psft.clip_ratio_low",
     "psft.clip_ratio_high",
     "psft.sft_warmup_steps",

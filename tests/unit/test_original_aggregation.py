@@ -200,3 +200,14 @@ def test_config_accepts_the_new_aggregation_and_an_infinite_clip(tmp_path):
     bad = OmegaConf.merge(config, {"psft": {"loss_agg_mode": "micro-mean"}})
     with pytest.raises(ConfigError, match="micro-token-mean"):
         check_config(bad)
+
+
+def test_resume_refuses_a_changed_loss_averaging_and_still_reads_older_checkpoints():
+    from recipe.psft.exit_codes import ResumeMismatch
+    from recipe.psft.run_identity import check_resume
+
+    current = {"psft.loss_mode": "psft", "psft.loss_agg_mode": "micro-token-mean"}
+    with pytest.raises(ResumeMismatch, match="psft.loss_agg_mode: checkpoint has 'token-mean'"):
+        check_resume({**current, "psft.loss_agg_mode": "token-mean"}, current, [], "ckpt")
+    # Checkpoints written before the key joined the identity do not record it: nothing to compare.
+    assert check_resume({"psft.loss_mode": "psft"}, current, [], "ckpt") == []
