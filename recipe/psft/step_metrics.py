@@ -3,7 +3,7 @@
 Each worker call returns its loss metrics per rank and micro-batch. The loss already divides them so
 that their plain sum is the global token mean (``losses.py``); ratios' extremes reduce by max / min.
 A step logs the mean over its updates, with ``train/loss`` the NLL of the demonstrations (comparable
-across loss modes), and the step-start token metrics from the forward-only pass and the first update.
+across loss modes), and the batch's token metrics from the forward-only pass and the probed updates.
 """
 
 from __future__ import annotations
@@ -70,26 +70,26 @@ def step_metrics(per_update: dict[str, list[float]]) -> dict[str, float]:
     return result
 
 
-def step_start_token_metrics(
+def batch_token_metrics(
     forward: dict[str, dict[int, torch.Tensor]],
     masks: list[torch.Tensor],
-    first_update: dict[str, float],
-    first_rows: set[int],
+    probed: dict[str, tuple[float, float]],
+    probed_rows: set[int],
 ) -> dict[str, float]:
-    """train/entropy and train/token_acc over the whole batch at the step-start weights.
+    """train/entropy and train/token_acc: one mean over the demonstration tokens of the batch.
 
     ``forward``: per-row, per-token values of the forward-only pass; ``masks``: each row's shifted loss
-    mask; ``first_update``: the probed first update's token means and its ``loss_tokens``, standing for
-    ``first_rows`` (token-weighted, so the result is one mean over all demonstration tokens).
+    mask; ``probed``: {name: (token-weighted sum, tokens)} of the measuring updates' probed forwards,
+    which stand for ``probed_rows`` (those rows' values in ``forward``, if any, are not counted twice).
     """
     result = {}
     for name in TOKEN_METRICS:
         per_row = forward.get(name, {})
-        total = sum(float((per_row[r] * masks[r]).sum()) for r in per_row if r not in first_rows)
-        tokens = sum(float(masks[r].sum()) for r in per_row if r not in first_rows)
-        if name in first_update:
-            total += first_update[name] * first_update["loss_tokens"]
-            tokens += first_update["loss_tokens"]
+        total = sum(float((per_row[r] * masks[r]).sum()) for r in per_row if r not in probed_rows)
+        tokens = sum(float(masks[r].sum()) for r in per_row if r not in probed_rows)
+        if name in probed:
+            total += probed[name][0]
+            tokens += probed[name][1]
         if tokens:
             result[f"train/{name}"] = total / tokens
     return result
@@ -101,12 +101,18 @@ class StepMetrics:
     def __init__(self, plan: StepPlan):
         self.plan = plan
         self.per_update: dict[str, list[float]] = defaultdict(list)
-        self.first_update: dict[str, float] = {}
+        self.probed: dict[str, tuple[float, float]] = {}  # {name: (token-weighted sum, tokens)}
 
     def add(self, update: int, worker_metrics: dict[str, Any]) -> None:
         metrics = update_metrics(worker_metrics)
-        if update == 0 and self.plan.probe_first:
-            self.first_update = {k: metrics[k] for k in (*TOKEN_METRICS, "loss_tokens") if k in metrics}
+        if self.plan.measures(update):
+            for name in TOKEN_METRICS:
+                if name in metrics:
+                    total, tokens = self.probed.get(name, (0.0, 0.0))
+                    self.probed[name] = (
+                        total + metrics[name] * metrics["loss_tokens"],
+                        tokens + metrics["loss_tokens"],
+                    )
         for name in TOKEN_METRICS:  # per-update values are logged only under their own names
             if name in metrics:
                 value = metrics.pop(name)
@@ -116,9 +122,8 @@ class StepMetrics:
             self.per_update[key].append(value)
 
     def finish(self, forward: dict[str, dict[int, torch.Tensor]], masks: list[torch.Tensor]) -> dict[str, float]:
-        first_rows = self.plan.first_rows if self.plan.probe_first else set()
         result = step_metrics(self.per_update)
-        result.update(step_start_token_metrics(forward, masks, self.first_update, first_rows))
+        result.update(batch_token_metrics(forward, masks, self.probed, self.plan.measured_rows))
         result["train/psft_active"] = float(self.plan.mode == "psft")
         return result
 

@@ -3,10 +3,17 @@
 A step takes one global batch and makes ``psft.epochs`` passes over it in mini-batches of
 ``psft.mini_batch_size`` rows, one optimizer update each (the *schedule*). In PSFT the updates after
 the first need the snapshot's log-probs (the step-start policy, pi_old): a forward-only pass at the
-step-start weights computes them for exactly the rows that need them. The same pass measures the
-step-start token metrics (``train/entropy``, ``train/token_acc``) of the rows it covers; the rows of
-the first update, whose training forward runs on the step-start weights too, are measured by that
-forward's no-grad probe instead, so no row is run twice.
+step-start weights computes them for exactly the rows that need them.
+
+The token metrics (``train/entropy``, ``train/token_acc``) never add a forward of their own where a
+training forward can measure them through the no-grad probe:
+
+* a step with a snapshot pass (PSFT, k > 1) measures the step-start policy over the whole batch: the
+  pass covers every row but the first mini-batch's, whose first training forward runs on the
+  step-start weights and is probed;
+* a step without one (SFT, DFT, SFT-KL, ASFT, ``snapshot=initial``, warm-up steps, k = 1) probes the
+  training forward of every update of its first pass: each row is measured once, at the weights it is
+  trained from (the step-start weights for the first mini-batch, after j updates for the (j+1)-th).
 """
 
 from __future__ import annotations
@@ -62,19 +69,24 @@ class StepPlan:
     skip_first: bool  # the first update's ratio is taken against its own detached log-probs (r == 1)
     pass_rows: list[int]  # rows of the forward-only pass at the step-start weights (sorted)
     token_metrics: bool  # psft.token_metrics
-    probe_first: bool  # the first update's forward measures the step-start metrics of its rows
+    measuring_updates: int  # the first N updates' probed forwards measure train/entropy of their rows
     update_token_metrics: bool  # every update's forward is probed (train/update_entropy, ...)
 
     @property
-    def first_rows(self) -> set[int]:
-        return set(self.schedule[0].tolist())
+    def measured_rows(self) -> set[int]:
+        """Rows whose train/entropy and train/token_acc come from a probed training forward."""
+        return {int(r) for rows in self.schedule[: self.measuring_updates] for r in rows.tolist()}
 
     def gets_snapshot_log_probs(self, update: int) -> bool:
         return self.snapshot and (update > 0 or not self.skip_first)
 
+    def measures(self, update: int) -> bool:
+        """Whether update ``update``'s probed forward counts toward train/entropy and train/token_acc."""
+        return update < self.measuring_updates
+
     def probes(self, update: int) -> bool:
         """Whether update ``update``'s training forward runs the no-grad token-metrics probe."""
-        return self.token_metrics and (self.update_token_metrics or (update == 0 and self.probe_first))
+        return self.token_metrics and (self.update_token_metrics or self.measures(update))
 
 
 def plan_step(psft: Any, batch_size: int, step: int, seed: int, fused_kernels: bool) -> StepPlan:
@@ -96,8 +108,16 @@ def plan_step(psft: Any, batch_size: int, step: int, seed: int, fused_kernels: b
     token_metrics = bool(psft.token_metrics)
     first_rows = set(schedule[0].tolist())
     pass_rows = set(rows_needing_snapshot(schedule, skip_first).tolist()) if snapshot else set()
-    if token_metrics and bool(psft.batch_entropy):
-        pass_rows |= set(range(batch_size)) - (set() if fused_kernels else first_rows)
+    measuring_updates = 0
+    if token_metrics and fused_kernels:
+        # No training forward shows the probe its logits: the pass measures every row itself.
+        pass_rows |= set(range(batch_size)) if psft.batch_entropy else set()
+    elif token_metrics and pass_rows:
+        if psft.batch_entropy:
+            pass_rows |= set(range(batch_size)) - first_rows
+        measuring_updates = 0 if first_rows <= pass_rows else 1
+    elif token_metrics:
+        measuring_updates = len(schedule) // int(psft.epochs) if psft.batch_entropy else 1
     return StepPlan(
         mode=mode,
         schedule=schedule,
@@ -106,6 +126,6 @@ def plan_step(psft: Any, batch_size: int, step: int, seed: int, fused_kernels: b
         skip_first=skip_first,
         pass_rows=sorted(pass_rows),
         token_metrics=token_metrics,
-        probe_first=token_metrics and not fused_kernels and not first_rows <= pass_rows,
+        measuring_updates=measuring_updates,
         update_token_metrics=bool(psft.update_token_metrics),
     )

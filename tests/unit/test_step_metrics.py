@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from psft_settings import psft_settings
 
 from recipe.psft.step_metrics import (
     StepMetrics,
+    batch_token_metrics,
     reduce_worker_metrics,
-    step_start_token_metrics,
     update_metrics,
     validation_metrics,
 )
@@ -41,19 +41,8 @@ def worker(nll: float, ratio_max: float, **extra) -> dict:
 
 
 def psft_plan(**overrides):
-    settings = {
-        "loss_mode": "psft",
-        "mini_batch_size": 2,
-        "epochs": 1,
-        "shuffle_mini_batches": False,
-        "snapshot": "step",
-        "skip_first_snapshot": True,
-        "sft_warmup_steps": 0,
-        "token_metrics": True,
-        "batch_entropy": True,
-        "update_token_metrics": False,
-    }
-    return plan_step(OmegaConf.create({**settings, **overrides}), 4, 1, 0, fused_kernels=False)
+    """Batch of 4 rows in mini-batches of 2, in order."""
+    return plan_step(psft_settings(shuffle_mini_batches=False, **overrides), 4, 1, 0, fused_kernels=False)
 
 
 def test_step_means_over_updates_max_over_updates_and_the_first_update_apart():
@@ -69,7 +58,7 @@ def test_step_means_over_updates_max_over_updates_and_the_first_update_apart():
 
 def test_step_start_entropy_is_one_token_mean_over_the_pass_rows_and_the_probed_first_update():
     plan = psft_plan()  # rows 0, 1: first update (probed); rows 2, 3: forward-only pass
-    assert plan.pass_rows == [2, 3] and plan.probe_first
+    assert plan.pass_rows == [2, 3] and plan.measured_rows == {0, 1}
     masks = [torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 1.0]),
              torch.tensor([0.0, 1.0, 0.0])]  # fmt: skip
     forward = {"entropy": {2: torch.tensor([1.0, 2.0, 3.0]), 3: torch.tensor([9.0, 4.0, 9.0])}}
@@ -90,10 +79,10 @@ def test_update_token_metrics_are_logged_under_their_own_names():
     assert metrics.finish({}, [])["train/update_entropy"] == 2.0
 
 
-def test_step_start_metrics_skip_pass_rows_that_the_first_update_measured():
+def test_batch_token_metrics_skip_pass_rows_that_a_probed_update_measured():
     masks = [torch.ones(2), torch.ones(2)]
     forward = {"entropy": {0: torch.tensor([100.0, 100.0]), 1: torch.tensor([1.0, 3.0])}}
-    out = step_start_token_metrics(forward, masks, {"entropy": 5.0, "loss_tokens": 2.0}, first_rows={0})
+    out = batch_token_metrics(forward, masks, {"entropy": (10.0, 2.0)}, probed_rows={0})
     assert out == {"train/entropy": pytest.approx((4.0 + 10.0) / 4)}
 
 
@@ -105,3 +94,15 @@ def test_validation_metrics_weight_batches_by_their_demonstration_tokens():
         ]
     )
     assert out == {"val/loss": pytest.approx(3.25), "val/entropy": pytest.approx(4.25)}
+
+
+def test_sft_steps_measure_the_batch_as_one_token_mean_over_their_probed_updates():
+    plan = psft_plan(loss_mode="sft")  # no snapshot pass: both updates' forwards are probed
+    assert plan.pass_rows == [] and plan.measuring_updates == 2
+    metrics = StepMetrics(plan)
+    metrics.add(0, worker(1.0, 1.0, entropy=[2.0], token_acc=[0.5], loss_tokens=[1.0]))
+    metrics.add(1, worker(1.0, 1.0, entropy=[4.0], token_acc=[0.0], loss_tokens=[3.0]))
+    out = metrics.finish({}, [])
+    assert out["train/entropy"] == pytest.approx((2.0 * 1 + 4.0 * 3) / 4)
+    assert out["train/token_acc"] == pytest.approx(0.5 / 4)
+    assert out["train/psft_active"] == 0.0
