@@ -14,20 +14,27 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 started=$SECONDS
 all=0
-marker=0
+marker=""
 args=()
+previous=""
 for arg in "$@"; do
     case "$arg" in
         --all) all=1 ;;
-        -m | -m?* | --markexpr | --markexpr=*) marker=1; args+=("$arg") ;;
-        *) args+=("$arg") ;;
+        -m | --markexpr) marker="?" args+=("$arg") ;;
+        -m?*) marker="${arg#-m}" args+=("$arg") ;;
+        --markexpr=*) marker="${arg#--markexpr=}" args+=("$arg") ;;
+        *)
+            [[ "$previous" == -m || "$previous" == --markexpr ]] && marker="$arg"
+            args+=("$arg")
+            ;;
     esac
+    previous="$arg"
 done
 filter=()
-tier="your selection (-m)"
+tier="tier -m \"${marker}\""
 if ((all)); then
     tier="all tiers (--all)"
-elif ((!marker)); then
+elif [[ -z "$marker" ]]; then
     filter=(-m "not slow and not kit")
     tier="default tier (-m \"not slow and not kit\")"
 fi
