@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from psft_assets.trainer_process import trainer_command, trainer_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -171,8 +173,8 @@ def stage_train(out: Path, model: Path, data: Path, plan: Plan, mode: str, curve
         "data.use_dynamic_bsz=true",
         "data.max_token_len_per_gpu=4096",
     ]
-    env = {"VERL_FILE_LOGGER_PATH": str(out / "logs" / f"{mode}.jsonl")}
-    run([sys.executable, "-m", "recipe.psft.main_psft", *overrides], out / "logs" / f"train_{mode}.log", env)
+    env = trainer_env(out / "logs" / f"{mode}.jsonl", local_ray=False)
+    run(trainer_command(overrides), out / "logs" / f"train_{mode}.log", env)
     return hf
 
 

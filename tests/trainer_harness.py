@@ -13,10 +13,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from psft_assets.trainer_process import read_file_log, trainer_command, trainer_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,17 +61,7 @@ def final_weights(ckpt_dir: Path) -> dict:
 def logged_train_steps(log_path: Path) -> list[int]:
     """Steps with a ``train/loss`` entry in a file log, read while it may still be written
     (a partly written last line is skipped)."""
-    if not log_path.exists():
-        return []
-    steps = []
-    for line in log_path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if "train/loss" in entry["data"]:
-            steps.append(entry["step"])
-    return steps
+    return [entry["step"] for entry in read_file_log(log_path) if "train/loss" in entry["data"]]
 
 
 def free_port() -> int:
@@ -126,13 +117,12 @@ class Trainer:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir, self.log_path = run_dir, run_dir / "metrics.jsonl"
         self.output_path = run_dir / f"output_{time.time_ns()}.txt"
-        full_env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(self.log_path), "RAY_DEDUP_LOGS": "0", **(env or {})}
-        full_env.pop("RAY_ADDRESS", None)
+        full_env = trainer_env(self.log_path, env)
         self.started = time.monotonic()
         self.events: dict[str, float] = {}
         with open(self.output_path, "w") as output:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "recipe.psft.main_psft", *args],
+                trainer_command(args),
                 cwd=run_dir,
                 env=full_env,
                 stdout=output,

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.data import DistributedSampler
 
+from psft_assets.trainer_process import run_trainer_process
 from recipe.psft.losses import TokenLoss
 
 from .finetune import METHODS, FinetuneConfig, train_step
@@ -61,18 +59,12 @@ def trainer_overrides(model: Path, train: Path, out: Path, rows: int, cfg: Finet
 
 def run_trainer(overrides: list[str], out: Path, timeout: int = 600) -> list[dict]:
     """Run the real trainer in a subprocess; return its per-step file-log entries."""
-    out.mkdir(parents=True, exist_ok=True)
     log_path = out / "metrics.jsonl"
     log_path.unlink(missing_ok=True)
-    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(log_path)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "recipe.psft.main_psft", *overrides],
-        cwd=out, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"trainer failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
-    return [json.loads(line) for line in log_path.read_text().splitlines()]
+    run = run_trainer_process(overrides, out, log_path, timeout)
+    if run.returncode != 0:
+        raise RuntimeError(f"trainer failed ({run.returncode}):\n{run.output[-4000:]}")
+    return run.log
 
 
 def loop_steps(model_dir: Path, examples, rows: int, cfg: FinetuneConfig, k: int, steps: int, lr: float,
