@@ -1,8 +1,8 @@
 """Generation throughput of the two eval backends on the same prompts: vLLM in-process vs the Ray Serve
 app (evaluation.serve_app) through the eval client.
 
-    python benchmarks/eval_throughput.py                      # tiny random model, built offline
-    python benchmarks/eval_throughput.py --model PATH --problems 64 --n 8 --max-tokens 1024
+    python -m benchmarks.eval_throughput                      # tiny random model, built offline
+    python -m benchmarks.eval_throughput --model PATH --problems 64 --n 8 --max-tokens 1024
 
 Each backend gets one untimed warm-up pass, then a timed pass; throughput is completion tokens / wall
 seconds of the timed pass. Engine start-up is reported separately and not counted.
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 QUESTIONS = [
     "What is 17 * 23 - 9?",

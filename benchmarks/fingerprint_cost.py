@@ -1,7 +1,7 @@
 """What the weights fingerprint costs: a model folder with one weight file of random bytes (1 GiB by
 default), hashed the first time (read + sha256) and then from the cache beside the model.
 
-    python benchmarks/fingerprint_cost.py [--gib 1] [--dir /tmp]
+    python -m benchmarks.fingerprint_cost [--gib 1] [--dir /tmp]
 
 Prints seconds and MiB/s for the first (uncached) call and the cached call. The first call's figure
 depends on the disk and on whether the file is in the page cache (it was just written, so usually is):
@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluation.identity import CACHE_NAME, model_fingerprint  # noqa: E402
+from evaluation.identity import CACHE_NAME, model_fingerprint
 
 
 def main() -> None:

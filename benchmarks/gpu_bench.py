@@ -1,13 +1,13 @@
 """The measuring half of ``benchmarks/gpu_check.sh`` (runs on CPU too, at toy sizes, for testing).
 
-python benchmarks/gpu_bench.py prepare WORK [--size 0.5b|tiny] [--rows 64] [--demo-tokens 1000]
+python -m benchmarks.gpu_bench prepare WORK [--size 0.5b|tiny] [--rows 64] [--demo-tokens 1000]
     random Qwen2 (Qwen2.5-0.5B's shape, 151936-entry vocabulary) + offline tokenizer + train.parquet;
     then checks that sdpa keeps sequences packed into one row apart (verl packs with
     use_remove_padding, and flash-attention is not installed on the GPU image)
-python benchmarks/gpu_bench.py steps --model M --train F [--batch 32 --k 4 --rounds 4] [overrides...]
-    one trainer, the variants' steps interleaved (as benchmarks/step_cost.py does); per variant the
+python -m benchmarks.gpu_bench steps --model M --train F [--batch 32 --k 4 --rounds 4] [overrides...]
+    one trainer, the variants' steps interleaved (benchmarks.harness.run_interleaved); per variant the
     median step time, tokens/s and the workers' peak accelerator memory; writes steps.json
-python benchmarks/gpu_bench.py same-run LOG_A LOG_B [--rtol 0.02]
+python -m benchmarks.gpu_bench same-run LOG_A LOG_B [--rtol 0.02]
     k=1 PSFT against SFT from two `file` logger logs: same steps, same losses and grad norms
 """
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import QWEN25_05B_WIDTHS, build_trainer, first_batch, worker_peaks_gib
+from benchmarks.harness import QWEN25_05B_WIDTHS, Step, batch_seqlens, build_trainer, first_batch, run_interleaved
 
 # Qwen2.5-0.5B's shape (494M parameters with its 151936-entry vocabulary, tied embeddings). The
 # tokenizer has 512 entries; the embedding rows above it are never used by the data, but the logits
@@ -105,8 +105,9 @@ def check_packed_attention(model_dir: Path, attn_implementation: str = "sdpa") -
 
 def prepare(args: argparse.Namespace) -> None:
     import pandas as pd
-    from step_cost import demonstration_rows  # benchmarks/ is this script's folder
     from transformers import AutoTokenizer
+
+    from benchmarks.step_cost import demonstration_rows
 
     work = Path(args.work)
     model_dir = work / "model"
@@ -132,8 +133,6 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def steps(args: argparse.Namespace) -> None:
-    from omegaconf import open_dict
-
     k, batch_size = args.k, args.batch
     if batch_size % k:
         fail(f"--batch {batch_size} is not a multiple of --k {k}")
@@ -149,7 +148,7 @@ def steps(args: argparse.Namespace) -> None:
         overrides=args.overrides,
     )
     batch = first_batch(trainer)
-    seqlens = trainer._get_batch_seqlens(batch).tolist()
+    seqlens = batch_seqlens(batch)
     tokens = sum(seqlens)
     print(
         f"[gpu_bench] batch: {batch_size} sequences, {tokens} tokens (mean {statistics.mean(seqlens):.0f}); "
@@ -158,38 +157,28 @@ def steps(args: argparse.Namespace) -> None:
         flush=True,
     )
 
-    # name: (loss mode, mini-batch size, token metrics)
+    def settings(mode: str, mini_batch: int, token_metrics: bool = True) -> dict:
+        return {"loss_mode": mode, "mini_batch_size": mini_batch, "token_metrics": token_metrics}
+
     variants = {
-        "SFT, 1 update": ("sft", batch_size, True),
-        "PSFT, k=1": ("psft", batch_size, True),
-        f"PSFT, k={k}": ("psft", batch_size // k, True),
-        f"SFT, {k} updates": ("sft", batch_size // k, True),
-        f"PSFT, k={k}, no token metrics": ("psft", batch_size // k, False),
-        "SFT, 1 update, no token metrics": ("sft", batch_size, False),
+        "SFT, 1 update": settings("sft", batch_size),
+        "PSFT, k=1": settings("psft", batch_size),
+        f"PSFT, k={k}": settings("psft", batch_size // k),
+        f"SFT, {k} updates": settings("sft", batch_size // k),
+        f"PSFT, k={k}, no token metrics": settings("psft", batch_size // k, token_metrics=False),
+        "SFT, 1 update, no token metrics": settings("sft", batch_size, token_metrics=False),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    peaks: dict[str, float] = {name: 0.0 for name in variants}
+
+    def check_finite(name: str, step: Step, _measured: bool) -> None:
+        if not math.isfinite(step.metrics.get("train/loss", float("nan"))):
+            fail(f"{name}: train/loss is {step.metrics.get('train/loss')}")
+
+    measured = run_interleaved(
+        trainer, config, variants, rounds=args.rounds, warmup=args.warmup_rounds, batch=batch, after_step=check_finite
+    )
+    times = {name: [s.seconds for s in steps] for name, steps in measured.items()}
+    peaks = {name: max(max(s.peaks_gib) for s in steps) for name, steps in measured.items()}
     names = list(variants)
-    step = 10_000  # past any warm-up schedule
-    worker_peaks_gib(trainer, reset=True)
-    for round_index in range(args.warmup_rounds + args.rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            mode, mini, token_metrics = variants[name]
-            with open_dict(config):
-                config.psft.loss_mode, config.psft.mini_batch_size = mode, mini
-                config.psft.token_metrics = token_metrics
-            start = time.perf_counter()
-            metrics = trainer.train_step(batch, step)
-            elapsed = time.perf_counter() - start
-            step += 1
-            if not math.isfinite(metrics.get("train/loss", float("nan"))):
-                fail(f"{name}: train/loss is {metrics.get('train/loss')} at round {round_index + 1}")
-            peak = max(worker_peaks_gib(trainer, reset=True))
-            if round_index >= args.warmup_rounds:
-                times[name].append(elapsed)
-                peaks[name] = max(peaks[name], peak)
-        print(f"[gpu_bench] round {round_index + 1}/{args.warmup_rounds + args.rounds} done", flush=True)
 
     rows = []
     for name in names:

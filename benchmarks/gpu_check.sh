@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh             # on the GPU host, from the repo root, .gpukit carried along
 #
 # 1. installs the kit (offline, into /tmp/psft-site, torch untouched) and checks the imports;
-# 2. builds a random Qwen2 of Qwen2.5-0.5B's shape and toy demonstrations (benchmarks/gpu_bench.py);
+# 2. builds a random Qwen2 of Qwen2.5-0.5B's shape and toy demonstrations (python -m benchmarks.gpu_bench);
 # 3. trains SFT and PSFT k=1 through `python -m recipe.psft.main_psft` (FSDP2, bf16, sdpa, 1 GPU) and
 #    checks that they match step for step;
 # 4. times SFT, PSFT k=1, PSFT k=4, SFT with 4 updates and token metrics on/off in one trainer, and
@@ -89,7 +89,7 @@ COMMON=(
 )
 
 stage "build the model and data ($SIZE, $ROWS rows of ~$DEMO_TOKENS tokens)"
-"$PYTHON" benchmarks/gpu_bench.py prepare "$WORK" --size "$SIZE" --rows "$ROWS" --demo-tokens "$DEMO_TOKENS" ||
+"$PYTHON" -m benchmarks.gpu_bench prepare "$WORK" --size "$SIZE" --rows "$ROWS" --demo-tokens "$DEMO_TOKENS" ||
     die "building the model or data failed"
 
 train() {  # NAME OVERRIDES...: one main_psft run, its output in $OUT/NAME.log, metrics in $OUT/NAME.jsonl
@@ -111,11 +111,11 @@ train() {  # NAME OVERRIDES...: one main_psft run, its output in $OUT/NAME.log, 
 stage "main_psft: SFT and PSFT k=1 ($SAME_RUN_STEPS steps each)"
 train sft "psft.loss_mode=sft" "psft.mini_batch_size=$BATCH"
 train psft_k1 "psft.loss_mode=psft" "psft.mini_batch_size=$BATCH"
-"$PYTHON" benchmarks/gpu_bench.py same-run "$OUT/sft.jsonl" "$OUT/psft_k1.jsonl" ||
+"$PYTHON" -m benchmarks.gpu_bench same-run "$OUT/sft.jsonl" "$OUT/psft_k1.jsonl" ||
     die "PSFT with k=1 is not SFT on this GPU"
 
 stage "step cost: one trainer, variants interleaved"
-timeout "$((2 * RUN_TIMEOUT))" "$PYTHON" benchmarks/gpu_bench.py steps --model "$WORK/model" --train "$WORK/train.parquet" --batch "$BATCH" \
+timeout "$((2 * RUN_TIMEOUT))" "$PYTHON" -m benchmarks.gpu_bench steps --model "$WORK/model" --train "$WORK/train.parquet" --batch "$BATCH" \
     --k "$K" --rounds "$ROUNDS" --out "$OUT/steps.json" "${COMMON[@]}" >"$OUT/steps.log" 2>&1 || {
     tail -40 "$OUT/steps.log"
     die "the step-cost benchmark failed (full log: $OUT/steps.log)"
@@ -125,6 +125,6 @@ stage "summary"
 if [[ "${ALLOW_CPU:-0}" != 1 ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
-"$PYTHON" benchmarks/gpu_bench.py same-run "$OUT/sft.jsonl" "$OUT/psft_k1.jsonl" | tail -1
+"$PYTHON" -m benchmarks.gpu_bench same-run "$OUT/sft.jsonl" "$OUT/psft_k1.jsonl" | tail -1
 sed -n '/^median over/,$p' "$OUT/steps.log"
 echo "[gpu_check] OK in $((SECONDS - T0)) s; logs in $OUT"

@@ -1,21 +1,21 @@
 """What the trainer benchmarks share: a real PSFT trainer on a model and a training file, one fixed
-batch to time steps on, and the workers' peak memory.
+batch to time steps on, the workers' peak memory, and the interleaved-rounds runner.
 
-The benchmarks call ``PSFTTrainer.train_step`` on one batch over and over, switching settings between
-steps, so variants run interleaved in one Ray cluster and one FSDP worker group.
+The benchmarks call ``PSFTTrainer.train_step`` on one batch over and over, switching ``psft.*`` settings
+between steps (:func:`run_interleaved`), so variants run interleaved in one Ray cluster and one FSDP
+worker group. Run them from the repository root: ``python -m benchmarks.<name>``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 # Qwen2.5-0.5B's layer widths (its vocabulary is 151,936 entries, Qwen2.5's tokenizer 151,646).
 QWEN25_05B_WIDTHS = {"hidden_size": 896, "num_heads": 14, "num_kv_heads": 2, "intermediate_size": 4864}
@@ -89,3 +89,79 @@ def worker_peaks_gib(trainer, reset: bool = False) -> list[float]:
         return peak
 
     return ray.get([w.__ray_call__.remote(read, reset) for w in trainer.training_client.workers])
+
+
+def batch_seqlens(batch) -> list[int]:
+    """Each row's token count in a batch as ``first_batch`` gives it (jagged ``input_ids``, or padded with
+    an attention mask)."""
+    ids = batch["input_ids"]
+    if ids.is_nested:
+        return ids.offsets().diff().tolist()
+    return batch["attention_mask"].sum(dim=-1).tolist()
+
+
+@dataclass
+class Step:
+    """One measured step of a variant: wall seconds of ``train_step``, its metrics, each worker's peak (GiB)."""
+
+    seconds: float
+    metrics: dict[str, float]
+    peaks_gib: list[float]
+
+
+def run_interleaved(
+    trainer,
+    config,
+    variants: Mapping[str, Mapping[str, Any]],
+    *,
+    rounds: int,
+    warmup: int = 1,
+    batch=None,
+    before_step: Callable[[str], None] | None = None,
+    after_step: Callable[[str, Step, bool], None] | None = None,
+) -> dict[str, list[Step]]:
+    """Time ``trainer.train_step`` on one batch, each variant once per round, ``warmup`` rounds first.
+
+    ``variants`` maps a name to the ``config.psft`` settings of its steps (set under ``open_dict`` before
+    each of them). The order rotates every round (with two variants: alternates), so drift in the
+    machine's speed hits all variants alike. Each worker's peak memory is reset before a step and read
+    after it. ``before_step(name)`` runs just before the timed call, ``after_step(name, step, measured)``
+    after each step, warm-up steps included (``measured`` False). Returns the measured steps per variant,
+    in round order.
+    """
+    from omegaconf import open_dict
+
+    batch = first_batch(trainer) if batch is None else batch
+    names = list(variants)
+    measured: dict[str, list[Step]] = {name: [] for name in names}
+    step_number = 10_000  # past any warm-up schedule
+    for round_index in range(warmup + rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            with open_dict(config):
+                for key, value in variants[name].items():
+                    config.psft[key] = value
+            worker_peaks_gib(trainer, reset=True)
+            if before_step is not None:
+                before_step(name)
+            start = time.perf_counter()
+            metrics = trainer.train_step(batch, step_number)
+            step = Step(time.perf_counter() - start, metrics, worker_peaks_gib(trainer))
+            step_number += 1
+            if round_index >= warmup:
+                measured[name].append(step)
+            if after_step is not None:
+                after_step(name, step, round_index >= warmup)
+        print(f"round {round_index + 1}/{warmup + rounds} done", flush=True)
+    return measured
+
+
+def paired_ratios(measured: Mapping[str, list[Step]], numerator: str, denominator: str) -> list[float]:
+    """Per round, ``numerator``'s step time over ``denominator``'s (steps of one round are adjacent)."""
+    return [a.seconds / b.seconds for a, b in zip(measured[numerator], measured[denominator], strict=True)]
+
+
+def median_seconds(steps: Sequence[Step]) -> float:
+    import statistics
+
+    return statistics.median(step.seconds for step in steps)

@@ -1,26 +1,34 @@
 """What the token metrics (entropy, token accuracy) cost: peak memory per rank and step time, on/off.
 
-One Ray cluster, one FSDP worker group, one fixed batch; PSFT steps with ``psft.token_metrics`` on and
-off, interleaved (the order rotates every round) so machine noise hits both alike. The model is a
-random Qwen2 with Qwen2.5's 151,646-token vocabulary, fed 2,048-token rows, in one of two shapes:
+One Ray cluster, one FSDP worker group, one fixed batch; steps of one loss mode (``--mode``, default
+psft) with ``psft.token_metrics`` on and off, interleaved (the order alternates every round) so machine
+noise hits both alike. The model is a random Qwen2 in one of three shapes, each with its own batch:
 
 * ``--shape qwen2.5-0.5b`` (default): Qwen2.5-0.5B's widths (hidden 896, 14 heads, 2 KV heads, MLP
-  4,864), ``--layers`` of them (2 by default, to fit a CPU): the smallest real model with this
-  vocabulary, so the lm_head and its backward are as wide as in practice.
-* ``--shape tiny``: 64 wide, a shape no real 151k-vocabulary model has. Its step is almost nothing but
-  vocabulary-sized passes, so it is the worst case for metrics computed from the logits.
+  4,864) and Qwen2.5's 151,646-token vocabulary, ``--layers`` of them (2 by default, to fit a CPU):
+  the smallest real model with this vocabulary, so the lm_head and its backward are as wide as in
+  practice. 2 rows of 2,048 tokens, k = 2, micro-batches of 1 row, gradient checkpointing, 1 rank.
+* ``--shape smollm2``: the quickstart's model, SmolLM2-135M's widths (hidden 576, 9 heads, 3 KV
+  heads, MLP 1,536) and 49,152-token vocabulary, 2 layers of its 30; the quickstart's batch (16 rows,
+  mini-batch 2: k = 8; dynamic micro-batches of 4,096 tokens, no gradient checkpointing, 1 rank) of
+  256-token rows (its gsm_symbolic rows average about 200 Qwen tokens).
+* ``--shape tiny``: 64 wide with the 151,646-token vocabulary, a shape no real model has. Its step is
+  almost nothing but vocabulary-sized passes, so it is the worst case for metrics computed from the
+  logits. Batch as for qwen2.5-0.5b.
 
-Step time: each round runs one step of each variant back to back; the time ratio is the median over
-rounds of on / off within a round (adjacent steps share the machine's state, which on a shared VM
-drifts by more than the effect being measured). The probe's own wall time is also measured inside
-the workers, a direct reading of the cost that noise does not blur.
+Step time: the time ratio is the median over rounds of on / off within a round (adjacent steps share
+the machine's state, which on a shared VM drifts by more than the effect being measured); every
+round's ratio is printed. The probe's own wall time is also measured inside the workers, a direct
+reading of the cost that noise does not blur.
 
 Peak memory per rank: the high-water mark of the worker process's resident memory (VmHWM, reset
 before each measured step through /proc/PID/clear_refs) on CPU, torch's max_memory_allocated on GPU.
 
-    python benchmarks/metrics_cost.py --workers 1 --rows 2 --k 2 --rounds 5
-    python benchmarks/metrics_cost.py --shape tiny --workers 1 --rows 2 --k 2 --rounds 7
-    python benchmarks/metrics_cost.py --rounds 5 psft.update_token_metrics=true
+    python -m benchmarks.metrics_cost                            # 4 rounds + 1 warm-up, ~8 min on 2 cores
+    python -m benchmarks.metrics_cost --mode sft --rounds 8
+    python -m benchmarks.metrics_cost --shape smollm2 --mode sft
+    python -m benchmarks.metrics_cost --shape tiny --rounds 7
+    python -m benchmarks.metrics_cost --rounds 5 psft.update_token_metrics=true
 
 The last line reads ``memory ratio <on/off> time ratio <on/off>``.
 """
@@ -30,16 +38,59 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
-from harness import QWEN25_05B_WIDTHS, build_trainer, first_batch, worker_peaks_gib
+
+from benchmarks.harness import (
+    QWEN25_05B_WIDTHS,
+    Step,
+    batch_seqlens,
+    build_trainer,
+    first_batch,
+    paired_ratios,
+    run_interleaved,
+)
 
 QWEN25_VOCAB = 151_646
+# Per-row micro-batches and gradient checkpointing: what 2,048-token rows of a 151k vocabulary need on a CPU.
+LONG_ROW_SETTINGS = [
+    "data.micro_batch_size_per_gpu=1",
+    "data.use_dynamic_bsz=false",
+    "engine.infer_micro_batch_size_per_gpu=1",
+    "model.enable_gradient_checkpointing=true",
+]
+# The quickstart's engine settings (pipelines/quickstart.py).
+QUICKSTART_SETTINGS = [
+    "data.use_dynamic_bsz=true",
+    "data.max_token_len_per_gpu=4096",
+    "model.enable_gradient_checkpointing=false",
+]
 SHAPES = {
-    "qwen2.5-0.5b": QWEN25_05B_WIDTHS,
-    "tiny": {"hidden_size": 64, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 256},
+    "qwen2.5-0.5b": {
+        "widths": QWEN25_05B_WIDTHS,
+        "vocab": QWEN25_VOCAB,
+        "rows": 2,
+        "k": 2,
+        "tokens": 2048,
+        "settings": LONG_ROW_SETTINGS,
+    },
+    "smollm2": {
+        "widths": {"hidden_size": 576, "num_heads": 9, "num_kv_heads": 3, "intermediate_size": 1536},
+        "vocab": 49_152,
+        "rows": 16,
+        "k": 8,
+        "tokens": 256,
+        "settings": QUICKSTART_SETTINGS,
+    },
+    "tiny": {
+        "widths": {"hidden_size": 64, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 256},
+        "vocab": QWEN25_VOCAB,
+        "rows": 2,
+        "k": 2,
+        "tokens": 2048,
+        "settings": LONG_ROW_SETTINGS,
+    },
 }
 
 
@@ -99,21 +150,26 @@ def probe_seconds(trainer) -> float:
 
 
 def main() -> None:
+    from recipe.psft.losses import LOSS_MODES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=4, help="sequences per step (batch)")
-    parser.add_argument("--k", type=int, default=2, help="updates per step (batch / mini-batch)")
-    parser.add_argument("--tokens", type=int, default=2048, help="tokens per row")
-    parser.add_argument("--vocab", type=int, default=QWEN25_VOCAB)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b", help="layer widths (see above)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b", help="model and batch (see above)")
+    parser.add_argument("--mode", choices=sorted(LOSS_MODES), default="psft", help="psft.loss_mode of every step")
+    parser.add_argument("--rows", type=int, default=None, help="sequences per step (batch); default: the shape's")
+    parser.add_argument("--k", type=int, default=None, help="updates per step; default: the shape's")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per row; default: the shape's")
+    parser.add_argument("--vocab", type=int, default=None, help="vocabulary (logits' width); default: the shape's")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2, help="FSDP ranks (GPUs, or CPU processes)")
-    parser.add_argument("--rounds", type=int, default=3, help="measured steps per variant")
+    parser.add_argument("--workers", type=int, default=1, help="FSDP ranks (GPUs, or CPU processes)")
+    parser.add_argument("--rounds", type=int, default=4, help="measured steps per variant")
     parser.add_argument("--warmup-rounds", type=int, default=1)
-    parser.add_argument("--model", default=None, help="a HF model folder instead of the random tiny model")
+    parser.add_argument("--model", default=None, help="a HF model folder instead of the random model")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
     args = parser.parse_args()
+    shape = SHAPES[args.shape]
+    rows, k = args.rows or shape["rows"], args.k or shape["k"]
+    tokens, vocab = args.tokens or shape["tokens"], args.vocab or shape["vocab"]
 
-    from omegaconf import open_dict
     from transformers import AutoConfig, AutoTokenizer
 
     from psft_assets.tiny_model import build_tiny_model
@@ -123,91 +179,78 @@ def main() -> None:
     if model is None:
         model = str(
             build_tiny_model(
-                work / "model",
-                **SHAPES[args.shape],
-                num_layers=args.layers,
-                max_position_embeddings=max(2048, args.tokens),
+                work / "model", **shape["widths"], num_layers=args.layers, max_position_embeddings=max(2048, tokens)
             )
         )
-        with_vocabulary(Path(model), args.vocab)
+        with_vocabulary(Path(model), vocab)
     tokenizer = AutoTokenizer.from_pretrained(model)
     train = work / "train.parquet"
-    pd.DataFrame(rows_of_tokens(args.rows, args.tokens, tokenizer)).to_parquet(train)
+    pd.DataFrame(rows_of_tokens(rows, tokens, tokenizer)).to_parquet(train)
 
     config, trainer = build_trainer(
         model,
         train,
         work,
-        batch=args.rows,
-        mini_batch=args.rows // args.k,
+        batch=rows,
+        mini_batch=rows // k,
         workers=args.workers,
-        settings=[
-            "psft.loss_mode=psft",
-            f"data.max_length={args.tokens}",
-            "data.truncation=right",
-            "data.micro_batch_size_per_gpu=1",
-            "data.use_dynamic_bsz=false",
-            "engine.infer_micro_batch_size_per_gpu=1",
-            "model.enable_gradient_checkpointing=true",
-        ],
+        settings=[f"psft.loss_mode={args.mode}", f"data.max_length={tokens}", "data.truncation=right"]
+        + shape["settings"],
         overrides=args.overrides,
     )
     batch = first_batch(trainer)
-    seqlens = trainer._get_batch_seqlens(batch).tolist()
-    vocab = AutoConfig.from_pretrained(model).vocab_size
-    shape = "" if args.model else f"{args.shape} shape, {args.layers} layers, "
+    seqlens = batch_seqlens(batch)
+    described = "" if args.model else f"{args.shape} shape, {args.layers} layers, "
     print(
-        f"model: {shape}vocabulary {vocab}; batch {args.rows} rows of {statistics.mean(seqlens):.0f} tokens, "
-        f"k={args.k}, micro-batch 1, {args.workers} ranks"
+        f"model: {described}vocabulary {AutoConfig.from_pretrained(model).vocab_size}; {args.mode}, batch {rows} rows "
+        f"of {statistics.mean(seqlens):.0f} tokens, k={k}, {args.workers} ranks"
     )
 
     time_probe_in_workers(trainer)
-    variants = {"on": True, "off": False}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    probe: dict[str, list[float]] = {name: [] for name in variants}
-    forward: dict[str, list[float]] = {name: [] for name in variants}
-    peaks: dict[str, list[list[float]]] = {name: [] for name in variants}
-    step = 10_000
-    names = list(variants)
-    for round_index in range(args.warmup_rounds + args.rounds):
-        order = names[round_index % 2 :] + names[: round_index % 2]
-        for name in order:
-            with open_dict(config):
-                config.psft.token_metrics = variants[name]
-            worker_peaks_gib(trainer, reset=True)
-            probe_seconds(trainer)
-            start = time.perf_counter()
-            metrics = trainer.train_step(batch, step)
-            elapsed = time.perf_counter() - start
-            step += 1
-            if round_index >= args.warmup_rounds:
-                times[name].append(elapsed)
-                probe[name].append(probe_seconds(trainer))
-                forward[name].append(metrics["perf/snapshot_time_s"])
-                peaks[name].append(worker_peaks_gib(trainer))
-                peak_text = ", ".join(f"{p:.2f}" for p in peaks[name][-1])
-                print(
-                    f"token metrics {name}: {elapsed:.2f} s (forward-only pass {forward[name][-1]:.2f} s, probe "
-                    f"{probe[name][-1]:.2f} s), peak GiB per rank {peak_text}",
-                    flush=True,
-                )
-                if name == "on":
-                    assert "train/entropy" in metrics, "token metrics on, but no train/entropy"
-        print(f"round {round_index + 1}/{args.warmup_rounds + args.rounds} done", flush=True)
+    probe: dict[str, list[float]] = {"on": [], "off": []}
+
+    def after_step(name: str, step: Step, measured: bool) -> None:
+        seconds = probe_seconds(trainer)
+        if not measured:
+            return
+        probe[name].append(seconds)
+        if name == "on":
+            assert "train/entropy" in step.metrics, "token metrics on, but no train/entropy"
+        peaks = ", ".join(f"{p:.2f}" for p in step.peaks_gib)
+        forward = step.metrics["perf/snapshot_time_s"]
+        print(
+            f"token metrics {name}: {step.seconds:.2f} s (forward-only pass {forward:.2f} s, "
+            f"probe {seconds:.2f} s), peak GiB per rank {peaks}",
+            flush=True,
+        )
+
+    measured = run_interleaved(
+        trainer,
+        config,
+        {"on": {"token_metrics": True}, "off": {"token_metrics": False}},
+        rounds=args.rounds,
+        warmup=args.warmup_rounds,
+        batch=batch,
+        before_step=lambda _name: probe_seconds(trainer),
+        after_step=after_step,
+    )
 
     print(
         f"\n{'token metrics':<15}{'median s':>10}{'min s':>9}{'max s':>9}{'pass s':>9}{'probe s':>9}"
         "   peak memory per rank (GiB)"
     )
-    peak_of = {name: [max(p[r] for p in peaks[name]) for r in range(args.workers)] for name in names}
-    for name in names:
+    peak_of = {name: [max(rank) for rank in zip(*(s.peaks_gib for s in steps))] for name, steps in measured.items()}
+    for name, steps in measured.items():
+        seconds = [s.seconds for s in steps]
+        pass_s = statistics.median(s.metrics["perf/snapshot_time_s"] for s in steps)
         ranks = ", ".join(f"{p:.2f}" for p in peak_of[name])
-        median, low, high = statistics.median(times[name]), min(times[name]), max(times[name])
-        pass_s, probe_s = statistics.median(forward[name]), statistics.median(probe[name])
-        print(f"{name:<15}{median:>10.2f}{low:>9.2f}{high:>9.2f}{pass_s:>9.2f}{probe_s:>9.2f}   {ranks}")
+        print(
+            f"{name:<15}{statistics.median(seconds):>10.2f}{min(seconds):>9.2f}{max(seconds):>9.2f}{pass_s:>9.2f}"
+            f"{statistics.median(probe[name]):>9.2f}   {ranks}"
+        )
     memory_ratio = max(peak_of["on"]) / max(peak_of["off"])
-    paired = [on / off for on, off in zip(times["on"], times["off"], strict=True)]
-    probe_share = statistics.median(p / off for p, off in zip(probe["on"], times["off"], strict=True))
+    paired = paired_ratios(measured, "on", "off")
+    probe_share = statistics.median(p / s.seconds for p, s in zip(probe["on"], measured["off"], strict=True))
     print(f"time ratio per round: {', '.join(f'{r:.3f}' for r in paired)}")
     print(f"probe time / step time off: {probe_share:.3f} (the probe's own cost, read inside the workers)")
     print(f"memory ratio {memory_ratio:.3f} time ratio {statistics.median(paired):.3f}")

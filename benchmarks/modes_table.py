@@ -5,8 +5,8 @@ tiny Qwen2 and toy demonstrations, with ``psft.log_kl=true`` so every run logs i
 model. A smoke comparison of the modes' mechanics (does the KL grow, does the trust region clip), not
 of their merit: the model is random and the runs are a few steps long.
 
-    python benchmarks/modes_table.py                 # 16 rows, batch 8, k = 4, 3 steps, 2 CPU ranks
-    python benchmarks/modes_table.py --steps 6 --lr 1e-3
+    python -m benchmarks.modes_table                 # 16 rows, batch 8, k = 4, 3 steps, 2 CPU ranks
+    python -m benchmarks.modes_table --steps 6 --lr 1e-3
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 MODES = {
     "SFT": ["psft.loss_mode=sft"],

@@ -6,7 +6,7 @@ forward already makes over the same logits) and the textbook entropy ``-(softmax
 Each is the median of ``--repeats`` runs, in this process, on ``--threads`` CPU threads (or the GPU
 with ``--device cuda``).
 
-    python benchmarks/probe_cost.py                     # 2,048 x 151,646 logits, like one Qwen2.5 row
+    python -m benchmarks.probe_cost                     # 2,048 x 151,646 logits, like one Qwen2.5 row
 
 The last line reads ``probe <s> log-probs <s> probe/log-probs <ratio>``.
 """
@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipe.psft.token_metrics import entropy_and_argmax_hit  # noqa: E402
+from recipe.psft.token_metrics import entropy_and_argmax_hit
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:

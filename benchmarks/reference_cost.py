@@ -7,8 +7,8 @@ script builds the trainer with ``psft.loss_mode=sft_kl`` (which runs the referen
 one SFT epoch over the same rows with the same settings, and the cache's reload (what a resumed or
 repeated run pays instead of the pass).
 
-    python benchmarks/reference_cost.py                     # CPU defaults: ~4M-param model, 2 ranks
-    python benchmarks/reference_cost.py --rows 64 --k 4
+    python -m benchmarks.reference_cost                     # CPU defaults: ~4M-param model, 2 ranks
+    python -m benchmarks.reference_cost --rows 64 --k 4
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from harness import build_trainer
+
+from benchmarks.harness import build_trainer
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Do both backends sample from the same distribution? A model whose generation_config.json sets
 ``top_k: 1`` (greedy), sampled at temperature 1, 4 samples per problem: the share of distinct answers.
 
-    python benchmarks/sampling_pin.py [--problems 16] [--n 4] [--max-tokens 12]
+    python -m benchmarks.sampling_pin [--problems 16] [--n 4] [--max-tokens 12]
 
 "before" reproduces the client of the earlier code: requests carry temperature, top_p and max_tokens
 only, to a server started with vLLM's default ``generation_config=auto`` (so the server fills top_k 1
@@ -27,7 +27,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def build_model(root: Path) -> Path:

@@ -9,8 +9,8 @@ One Ray cluster, one FSDP worker group, one fixed batch. Steps of the variants a
 Lower bound for PSFT(k) / SFT(k), with forward ~ 1/3 of forward + backward and the first mini-batch
 reusing its own log-probs: 1 + (k - 1) / (3k).
 
-    python benchmarks/step_cost.py                 # CPU defaults: ~4M-param model, batch 16, 2 ranks
-    python benchmarks/step_cost.py --k 8 --rounds 8
+    python -m benchmarks.step_cost                 # CPU defaults: ~4M-param model, batch 16, 2 ranks
+    python -m benchmarks.step_cost --k 8 --rounds 8
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import argparse
 import random
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
-from harness import build_trainer, first_batch, worker_peaks_gib
+
+from benchmarks.harness import batch_seqlens, build_trainer, first_batch, paired_ratios, run_interleaved
 
 
 def demonstration_rows(n: int, demo_tokens: int, tokenizer, seed: int) -> list[dict]:
@@ -56,7 +56,6 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
     args = parser.parse_args()
 
-    from omegaconf import open_dict
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -81,7 +80,7 @@ def main() -> None:
         overrides=args.overrides,
     )
     batch = first_batch(trainer)
-    seqlens = trainer._get_batch_seqlens(batch).tolist()
+    seqlens = batch_seqlens(batch)
     demo_lengths = batch["loss_mask"].values().reshape(-1).split(seqlens)
     weights = sorted(Path(model).glob("*.safetensors"))
     params = sum(t.numel() for f in weights for t in load_file(str(f)).values())
@@ -90,41 +89,33 @@ def main() -> None:
         f"({statistics.mean(int(m.sum()) for m in demo_lengths):.0f} demonstration tokens) on {args.workers} ranks"
     )
 
-    variants = {
-        f"SFT, {args.k} updates": ("sft", args.batch // args.k),
-        f"PSFT, k={args.k}": ("psft", args.batch // args.k),
-        "SFT, 1 update": ("sft", args.batch),
-        "PSFT, k=1": ("psft", args.batch),
-    }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    step = 10_000  # past any warm-up
-    for round_index in range(args.warmup_rounds + args.rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            mode, mini = variants[name]
-            with open_dict(config):
-                config.psft.loss_mode, config.psft.mini_batch_size = mode, mini
-            start = time.perf_counter()
-            trainer.train_step(batch, step)
-            elapsed = time.perf_counter() - start
-            step += 1
-            if round_index >= args.warmup_rounds:
-                times[name].append(elapsed)
-        print(f"round {round_index + 1}/{args.warmup_rounds + args.rounds} done", flush=True)
-
-    median = {name: statistics.median(values) for name, values in times.items()}
     k = args.k
+    variants = {
+        f"SFT, {k} updates": {"loss_mode": "sft", "mini_batch_size": args.batch // k},
+        f"PSFT, k={k}": {"loss_mode": "psft", "mini_batch_size": args.batch // k},
+        "SFT, 1 update": {"loss_mode": "sft", "mini_batch_size": args.batch},
+        "PSFT, k=1": {"loss_mode": "psft", "mini_batch_size": args.batch},
+    }
+    measured = run_interleaved(trainer, config, variants, rounds=args.rounds, warmup=args.warmup_rounds, batch=batch)
+
     print(f"\nmedian seconds per step over {args.rounds} interleaved rounds")
     print(f"{'variant':<22}{'median s':>10}{'min s':>9}{'max s':>9}")
-    for name in names:
-        print(f"{name:<22}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}")
+    median = {}
+    for name, steps in measured.items():
+        seconds = [s.seconds for s in steps]
+        median[name] = statistics.median(seconds)
+        print(f"{name:<22}{median[name]:>10.3f}{min(seconds):>9.3f}{max(seconds):>9.3f}")
     ratio_k = median[f"PSFT, k={k}"] / median[f"SFT, {k} updates"]
     ratio_1 = median["PSFT, k=1"] / median["SFT, 1 update"]
     bound = 1 + (k - 1) / (3 * k)
     print(f"\nPSFT(k={k}) / SFT({k} updates) = {ratio_k:.3f}   (bound with the first-mini-batch skip: {bound:.3f})")
     print(f"PSFT(k=1) / SFT(1 update)      = {ratio_1:.3f}   (bound: 1.000)")
-    peaks = worker_peaks_gib(trainer)
+    for label, (psft, sft) in {
+        f"k={k}": (f"PSFT, k={k}", f"SFT, {k} updates"),
+        "k=1": ("PSFT, k=1", "SFT, 1 update"),
+    }.items():
+        print(f"per round, {label}: " + ", ".join(f"{r:.3f}" for r in paired_ratios(measured, psft, sft)))
+    peaks = [max(rank) for rank in zip(*(s.peaks_gib for steps in measured.values() for s in steps))]
     print("peak memory per rank (GiB): " + ", ".join(f"rank {i}: {p:.2f}" for i, p in enumerate(peaks)))
 
 
