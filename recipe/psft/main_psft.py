@@ -15,11 +15,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .config_checks import ConfigError
-from .dataset import DataError
 from .exit_codes import BAD_INPUT, RunStopped
 from .preemption import PreemptionGuard
-from .run_preparation import prepare_run
+
+# What a run needs (verl, torch, Ray: seconds of imports) is imported when the run starts, so that
+# `--help` and `--cfg job` print without it.
 
 
 def run_psft(config: DictConfig, preemption: PreemptionGuard | None = None) -> dict | None:
@@ -28,6 +28,7 @@ def run_psft(config: DictConfig, preemption: PreemptionGuard | None = None) -> d
     import ray
 
     from .psft_trainer import PSFTTrainer
+    from .run_preparation import prepare_run
 
     run = prepare_run(config)
     started_ray = not ray.is_initialized()
@@ -40,6 +41,9 @@ def run_psft(config: DictConfig, preemption: PreemptionGuard | None = None) -> d
 
 @hydra.main(config_path="config", config_name="psft_trainer", version_base=None)
 def main(config: DictConfig) -> None:
+    from .config_checks import ConfigError
+    from .dataset import DataError
+
     guard = PreemptionGuard()
     guard.install()
     try:
