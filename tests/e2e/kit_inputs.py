@@ -14,18 +14,36 @@ missed one.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 INPUTS = ("scripts/gpu_kit.sh", "scripts/gpu_kit_strip.py", "pyproject.toml")
 RECORD = Path(__file__).with_name("gpu_kit.inputs.sha256")
+# What of pyproject.toml reaches the kit: the kit installs the project's own wheel with --no-deps, so its
+# metadata (name, version, dependencies, entry points, packages) matters, and the extras (installed only
+# by scripts/setup.sh on the CPU path), ruff's and pytest's settings do not.
+PYPROJECT_NOT_IN_KIT = (("project", "optional-dependencies"), ("tool", "ruff"), ("tool", "pytest"))
+
+
+def kit_part(name: str) -> bytes:
+    """The bytes of an input that the kit depends on (all of it, except pyproject.toml's other tables)."""
+    data = (REPO / name).read_bytes()
+    if name != "pyproject.toml":
+        return data
+    table = tomllib.loads(data.decode())
+    for section, key in PYPROJECT_NOT_IN_KIT:
+        table.get(section, {}).pop(key, None)
+    return json.dumps(table, sort_keys=True).encode()
 
 
 def digest() -> str:
     h = hashlib.sha256()
     for name in INPUTS:
-        data = (REPO / name).read_bytes()
+        data = kit_part(name)
         h.update(f"{name}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
