@@ -29,11 +29,32 @@ def dry_run(script: str, *args: str, **env: str) -> list[str]:
     return shlex.split(proc.stdout)
 
 
-def resolved_config(command: list[str]) -> dict:
-    """Run a printed Hydra command with --cfg job: composes the config without training."""
-    proc = subprocess.run([*command, "--cfg", "job"], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return yaml.safe_load(proc.stdout)
+@pytest.fixture(scope="module")
+def resolved_config():
+    """Resolve a printed Hydra command with --cfg job (composes the config without training): through one
+    tests/cfg_job_server.py process for the whole module, so verl is imported once, not per command."""
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests/cfg_job_server.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+    def resolve(command: list[str]) -> dict:
+        assert command[0] == sys.executable, command
+        server.stdin.write(json.dumps(command) + "\n")
+        server.stdin.flush()
+        answer = json.loads(server.stdout.readline() or '{"code": -1, "stderr": "cfg_job_server died"}')
+        assert answer["code"] == 0, answer["stderr"][-3000:]
+        return yaml.safe_load(answer["stdout"])
+
+    yield resolve
+    server.stdin.close()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 def test_shellcheck_clean():
@@ -67,7 +88,9 @@ BASELINES = [
     BASELINES,
     ids=[f"{b[0]}:{b[1] or 'default'}" for b in BASELINES],
 )
-def test_cluster_training_scripts_use_the_papers_setting(script, preset, mode, setting, psft_keys, tmp_path):
+def test_cluster_training_scripts_use_the_papers_setting(
+    script, preset, mode, setting, psft_keys, tmp_path, resolved_config
+):
     train = tmp_path / "train.parquet"
     train.touch()
     env = {"MODEL": "/models/Llama-3.1-8B-Instruct", "TRAIN_FILE": str(train), "NNODES": "2", "GPUS_PER_NODE": "8"}
@@ -94,7 +117,7 @@ def test_cluster_training_scripts_use_the_papers_setting(script, preset, mode, s
         assert config["psft"]["loss_agg_mode"] == "micro-token-mean"  # every paper_openr1* preset
 
 
-def test_train_script_without_a_loss_mode_keeps_the_presets(tmp_path):
+def test_train_script_without_a_loss_mode_keeps_the_presets(tmp_path, resolved_config):
     train = tmp_path / "train.parquet"
     train.touch()
     env = {"PRESET": "paper_openr1_sft_matched", "TRAIN_FILE": str(train), "MODEL": "/models/Qwen2.5-7B-Instruct"}
@@ -105,7 +128,7 @@ def test_train_script_without_a_loss_mode_keeps_the_presets(tmp_path):
     assert (config["psft"]["loss_mode"], config["psft"]["mini_batch_size"], config["optim"]["lr"]) == ("sft", 32, 1e-6)
 
 
-def test_rl_from_psft_script_resolves_in_verls_ppo_config(tmp_path):
+def test_rl_from_psft_script_resolves_in_verls_ppo_config(tmp_path, resolved_config):
     command = dry_run("run_rl_from_psft.sh", "trainer.total_epochs=2", PSFT_CKPT="/ckpt/global_step_9/huggingface")
     assert command[:3] == [sys.executable, "-m", "verl.trainer.main_ppo"]
     config = resolved_config(command)  # fails if any override names a key verl's PPO config lacks
