@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="base seed; per-problem seeds derive from it")
     p.add_argument("--backend", choices=("serve", "vllm"), default="serve")
     p.add_argument("--base-url", "--base_url", dest="base_url", default="http://127.0.0.1:8000")
-    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("VLLM_API_KEY") or None,
+        help="serve backend: the server's API key (default: $VLLM_API_KEY, the variable the server reads; "
+        "prefer it, argv is visible to other users); sent only over https or to this machine",
+    )
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (serve backend)")
     p.add_argument("--request-timeout", type=float, default=3600.0, help="seconds per HTTP request")
     p.add_argument("--max-retries", type=int, default=5, help="retries of a failing request")
@@ -170,12 +175,20 @@ def prepare_run(args: argparse.Namespace) -> Run:
         "model_path": str(Path(args.model if args.backend == "vllm" else args.model_path).resolve())
         if local_model
         else None,
-        "base_url": args.base_url if args.backend == "serve" else None,
+        "base_url": _without_credentials(args.base_url) if args.backend == "serve" else None,
         "engine_args": engine_args if args.backend == "vllm" else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     store = RunStore(out_dir, fingerprint, info)
     return Run(problems, n, sampling, fingerprint, info, engine_args, store)
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without ``user:password@``: run records hold no secrets."""
+    import httpx
+
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
 
 
 def sample_row(job: Job, idx: int, comp: Completion | None, error: str | None, grade_timeout: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ is reported as an error with the last reason, so the caller records it instead o
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from evaluation.data import DataError
 from evaluation.jobs import Completion, Job, OnDone, Sampling
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -38,6 +40,35 @@ class RetryPolicy:
 
 class RequestFailed(RuntimeError):
     pass
+
+
+class InsecureKey(DataError):
+    """An API key (or credentials in the URL) would travel in clear text to another machine."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): traffic that never leaves the machine."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_headers(url: str, api_key: str | None) -> dict[str, str]:
+    """The Authorization header for a request to ``url``, refused (:class:`InsecureKey`) when ``url`` is plain
+    http to a host other than this machine: a bearer token over http is readable by anyone on the path."""
+    parsed = httpx.URL(url)
+    secret = "an API key" if api_key else "credentials in the URL" if parsed.userinfo else None
+    if secret and parsed.scheme != "https" and not is_loopback(parsed.host):
+        raise InsecureKey(
+            f"refusing to send {secret} in clear text to {parsed.scheme}://{parsed.host}:{parsed.port or 80}: use an "
+            "https URL, or reach the server over an SSH tunnel to 127.0.0.1 (ssh -L PORT:127.0.0.1:PORT HOST), "
+            "or unset the key (--api-key / VLLM_API_KEY) for a server that needs none"
+        )
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def chat_url(base_url: str) -> str:
@@ -164,12 +195,12 @@ async def run_jobs(
     queue: asyncio.Queue[Job] = asyncio.Queue()
     for job in jobs:
         queue.put_nowait(job)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(url, api_key)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(request_timeout_s, connect=30.0)
 
     # Proxy settings from the environment apply to remote servers only, never to a local one.
-    local = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
+    local = is_loopback(httpx.URL(url).host)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, trust_env=not local) as client:
 
         async def worker() -> None:

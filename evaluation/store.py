@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -43,6 +44,29 @@ class CorruptSamples(RuntimeError):
 
 def _fingerprint_text(fp: dict[str, Any]) -> str:
     return "\n".join(f"    {k}: {fp[k]!r}" for k in sorted(fp))
+
+
+_SECRET_FLAGS = ("--api-key", "--api_key")
+_URL_USERINFO = re.compile(r"(://)[^/@\s]+@")
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the value of ``--api-key`` and credentials inside URLs (``user:pass@``) replaced by
+    ``***``: the lock file is readable by other users and shown to the next writer."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in _SECRET_FLAGS:
+            out.append(f"{flag}=***" if eq else arg)
+            hide_next = not eq
+            continue
+        out.append(_URL_USERINFO.sub(r"\1***@", arg))
+    return out
 
 
 def sample_key(problem_id: Any, sample_index: int) -> tuple[str, int]:
@@ -83,7 +107,7 @@ class RunStore:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv)[:500],
+            "command": " ".join(redacted_argv(sys.argv))[:500],
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)

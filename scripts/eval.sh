@@ -75,11 +75,19 @@ mkdir -p "$OUT_DIR"
 serve_pid=$!
 trap 'kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true' EXIT
 echo "waiting for the server on 127.0.0.1:$PORT (log: $OUT_DIR/serve.log)"
+ready=0
 for _ in $(seq 1 360); do
-    if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null; then break; fi
+    # /health needs no API key (the key never goes on a command line).
+    if curl -sf --max-time 10 "http://127.0.0.1:$PORT/health" >/dev/null; then ready=1; break; fi
     kill -0 "$serve_pid" 2>/dev/null || { echo "the server exited; see $OUT_DIR/serve.log" >&2; exit 1; }
     sleep 5
 done
+[[ "$ready" == 1 ]] || { echo "the server did not answer in 30 minutes; see $OUT_DIR/serve.log" >&2; exit 1; }
+# Whatever answers on the port (an older server left running?) must prove it serves this model's weights.
+"$PYTHON" -m evaluation.identity --base-url "http://127.0.0.1:$PORT" --model "$name" --model-path "$model" >/dev/null || {
+    echo "refusing to evaluate: the server on port $PORT does not serve $model (above); stop it or set PORT" >&2
+    exit 2
+}
 status=0
 for bench in $BENCHMARKS; do
     eval_cmd "$bench"

@@ -34,6 +34,10 @@ class FakeOpenAI:
         self.script: list[int | str] = []
         self.answer_text = "Thinking... \\boxed{{{answer}}}"  # even sample slots; odd ones give up
         self.default: int | str = 200
+        # GET route -> JSON body answered with 200 (a list: one body per request, the last one repeated);
+        # any other GET is a 404, as on a plain vLLM server without the Serve app's routes.
+        self.get_routes: dict[str, object] = {}
+        self.auth: list[str | None] = []  # the Authorization header of every request
         self.lock = threading.Lock()
         owner = self
 
@@ -41,10 +45,24 @@ class FakeOpenAI:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
+            def do_GET(self) -> None:
+                with owner.lock:
+                    owner.auth.append(self.headers.get("Authorization"))
+                    body = owner.get_routes.get(self.path)
+                    if isinstance(body, list):
+                        body = body.pop(0) if len(body) > 1 else body[0]
+                data = json.dumps(body).encode()
+                self.send_response(404 if body is None else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with owner.lock:
                     owner.requests.append(body)
+                    owner.auth.append(self.headers.get("Authorization"))
                     action = owner.script.pop(0) if owner.script else owner.default
                 if action == "hang":
                     time.sleep(30)
@@ -537,3 +555,167 @@ def test_parquet_layout_of_prepare_data(tmp_path: Path, server: FakeOpenAI):
     out = tmp_path / "out"
     assert run_cli(tmp_path / "t.parquet", out, server.url, "--n", "2") == 0
     assert {r["problem_id"] for r in rows(out)} == {10, 11, 12}
+
+
+# ------------------------------------------------------------------ proof of what was served; secrets
+
+
+def serve_routes(server: FakeOpenAI, name: str, served: Path, replicas: list[Path] | None = None) -> dict:
+    """Answer /v1/models and the Serve app's fingerprint route as the app does for a model at ``served``: the
+    fingerprint of the files there (one reply per replica folder in ``replicas``)."""
+    from evaluation.identity import FINGERPRINT_ROUTE
+    from recipe.psft.files import model_fingerprint
+
+    replies = [
+        {
+            "served_names": [name],
+            "root": str(folder),
+            "replica": f"node{i}:1",
+            **model_fingerprint(folder),
+            "error": None,
+        }
+        for i, folder in enumerate(replicas or [served])
+    ]
+    server.get_routes["/v1/models"] = {"data": [{"id": name, "root": str(served)}]}
+    server.get_routes[FINGERPRINT_ROUTE] = replies
+    return replies[0]
+
+
+def test_served_weights_must_match_the_model_path(tmp_path: Path, server: FakeOpenAI, capsys: pytest.CaptureFixture):
+    """Another model on the port is refused before any request, both fingerprints shown; the same files
+    copied under another path (another node's disk) are accepted."""
+    import shutil
+
+    served = _fake_model(tmp_path / "node_a" / "psft" / "global_step_2" / "huggingface", b"\x02" * 64)
+    other = _fake_model(tmp_path / "other" / "huggingface", b"\x03" * 64)
+    served_fp = serve_routes(server, "tiny", served)
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    code = run_cli(test_file, tmp_path / "out", server.url, "--n", "1", "--model-path", str(other))
+    err = capsys.readouterr().err
+    assert code == evalcli.EXIT_BAD_INPUT and server.requests == []
+    from recipe.psft.files import model_fingerprint
+
+    assert served_fp["weights_sha256"] in err and model_fingerprint(other)["weights_sha256"] in err
+    assert "serves other weights than --model-path" in err
+    copy = tmp_path / "node_b" / "psft" / "global_step_2" / "huggingface"
+    shutil.copytree(served, copy)
+    assert run_cli(test_file, tmp_path / "out", server.url, "--n", "1", "--model-path", str(copy)) == 0
+    fp = json.loads((tmp_path / "out" / "run.json").read_text())["fingerprint"]
+    assert fp["weights_sha256"] == served_fp["weights_sha256"] and len(server.requests) == 3
+
+
+def test_served_fingerprint_without_model_path(tmp_path: Path, server: FakeOpenAI, capsys: pytest.CaptureFixture):
+    """Without --model-path the server's own fingerprint is the run's; where the path it reports exists on
+    this machine with other files, it is refused; replicas that disagree are refused; so is a server that
+    serves another name."""
+    served = _fake_model(tmp_path / "served", b"\x04" * 64)
+    served_fp = serve_routes(server, "tiny", served)
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    served.rename(tmp_path / "elsewhere")  # the reported path is on the server's node only
+    assert run_cli(test_file, tmp_path / "out", server.url, "--n", "1") == 0
+    fp = json.loads((tmp_path / "out" / "run.json").read_text())["fingerprint"]
+    assert (
+        fp["weights_sha256"] == served_fp["weights_sha256"] and fp["tokenizer_sha256"] == served_fp["tokenizer_sha256"]
+    )
+    _fake_model(served, b"\x05" * 64)  # this machine has other files at the reported path
+    assert run_cli(test_file, tmp_path / "out2", server.url, "--n", "1") == evalcli.EXIT_BAD_INPUT
+    assert f"the path it reports, {served}, on this machine" in capsys.readouterr().err
+    stale = _fake_model(tmp_path / "stale", b"\x06" * 64)
+    serve_routes(server, "tiny", served, replicas=[served, stale])
+    assert run_cli(test_file, tmp_path / "out3", server.url, "--n", "1") == evalcli.EXIT_BAD_INPUT
+    assert "replicas of" in capsys.readouterr().err
+    serve_routes(server, "other-model", served)
+    assert run_cli(test_file, tmp_path / "out4", server.url, "--n", "1") == evalcli.EXIT_BAD_INPUT
+    assert "serves ['other-model'] from" in capsys.readouterr().err
+
+
+def test_identity_cli_as_eval_sh_runs_it(tmp_path: Path, server: FakeOpenAI, capsys: pytest.CaptureFixture):
+    from evaluation.identity import main as identity_main
+
+    served = _fake_model(tmp_path / "a", b"\x07" * 64)
+    serve_routes(server, "m", served)
+    assert identity_main(["--base-url", server.url, "--model", "m", "--model-path", str(served)]) == 0
+    other = _fake_model(tmp_path / "b", b"\x08" * 64)
+    assert identity_main(["--base-url", server.url, "--model", "m", "--model-path", str(other)]) == 2
+    server.get_routes.clear()  # a server that cannot say what it serves is not trusted by eval.sh
+    assert identity_main(["--base-url", server.url, "--model", "m", "--model-path", str(served)]) == 2
+    assert "does not report what it serves" in capsys.readouterr().err
+
+
+def test_api_key_goes_only_to_https_or_this_machine(
+    tmp_path: Path, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    from evaluation.serve_client import InsecureKey, auth_headers
+
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")  # never picked up: it is not this server's key
+    assert run_cli(test_file, tmp_path / "o1", server.url, "--n", "1") == 0
+    assert server.auth and set(server.auth) == {None}
+    monkeypatch.setenv("VLLM_API_KEY", "k-123")  # the variable the server reads
+    server.auth.clear()
+    assert run_cli(test_file, tmp_path / "o2", server.url, "--n", "1") == 0
+    assert server.auth and set(server.auth) == {"Bearer k-123"}
+    # Plain http to another machine: refused before any connection (10.255.255.1:9 is never reached).
+    started = time.monotonic()
+    assert run_cli(test_file, tmp_path / "o3", "http://10.255.255.1:9", "--n", "1") == evalcli.EXIT_BAD_INPUT
+    assert "refusing to send an API key in clear text to http://10.255.255.1:9" in capsys.readouterr().err
+    assert time.monotonic() - started < limit(5)
+    assert auth_headers("https://10.255.255.1/v1", "k") == {"Authorization": "Bearer k"}
+    assert auth_headers("http://[::1]:8000", "k") and auth_headers("http://localhost:1", "k")
+    assert auth_headers("http://10.255.255.1:9", None) == {}
+    with pytest.raises(InsecureKey, match="credentials in the URL"):
+        auth_headers("http://u:pw@10.255.255.1:9", None)
+
+
+def test_records_hold_no_secrets(tmp_path: Path, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch):
+    """The lock file (shown to the next writer) and run.json never hold the key or URL credentials."""
+    from evaluation.store import LOCK_FILE, RunStore
+
+    monkeypatch.setattr(
+        sys, "argv", ["eval", "--api-key", "k-secret", "--api-key=k-secret2", "--base-url", "http://u:pw@h"]
+    )
+    store = RunStore(tmp_path / "locked", {"model": "x"})
+    try:
+        lock = (tmp_path / "locked" / LOCK_FILE).read_text()
+    finally:
+        store.close()
+    assert "k-secret" not in lock and "pw" not in lock and "--api-key ***" in lock and "http://***@h" in lock
+    test_file = write_jsonl(tmp_path / "t.jsonl")
+    url = server.url.replace("http://", "http://u:pw@")
+    assert run_cli(test_file, tmp_path / "out", url, "--n", "1", "--api-key", "k-secret") == 0
+    record = (tmp_path / "out" / "run.json").read_text() + (tmp_path / "out" / SUMMARY_FILE).read_text()
+    assert "k-secret" not in record and "u:pw" not in record and server.url in record
+
+
+def test_serve_app_refuses_an_open_endpoint_without_a_key(monkeypatch: pytest.MonkeyPatch):
+    """Checked before Ray starts: no key on a non-loopback host, or a key on the command line."""
+    from evaluation.serve_app import build_app
+
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="host=0.0.0.0 exposes the server .* no API key is set"):
+        build_app({"model": "/m", "host": "0.0.0.0"})
+    with pytest.raises(ValueError, match="api-key=... is visible to every user"):
+        build_app({"model": "/m", "api-key": "k"})
+
+
+def test_serve_guard_covers_every_route_but_health():
+    """The Serve app's guard on a real Starlette app: vLLM's own key check leaves /invocations open."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from evaluation.serve_app import _BearerGuard
+
+    routes = [
+        Route(p, lambda request: PlainTextResponse("ok"), methods=["GET", "POST"])
+        for p in ("/health", "/invocations", "/v1/models")
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(_BearerGuard, key="k-1")
+    client = TestClient(app)
+    assert client.get("/health").status_code == 200
+    for path in ("/invocations", "/v1/models"):
+        assert client.post(path).status_code == 401
+        assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get(path, headers={"Authorization": "Bearer k-1"}).status_code == 200
