@@ -24,7 +24,14 @@ NNODES="${NNODES:-1}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
 PYTHON="${PYTHON:-python3}"
 model_name="$(basename "$MODEL")"
-EXPERIMENT="${EXPERIMENT:-${LOSS_MODE:+${LOSS_MODE}-}${model_name}-${PRESET}}"
+# The default name tells sweep points apart: an optim.lr=... override (the last one wins) joins it, so
+# `run_psft.sh optim.lr=1e-6` and `optim.lr=2e-6` write different checkpoint folders. (Two runs on one
+# folder are refused anyway: recipe/psft/folder_lock.py.) Without the override the preset's lr applies.
+lr_tag=""
+for arg in ${ARGS[@]+"${ARGS[@]}"}; do
+    if [[ "$arg" == optim.lr=* || "$arg" == ++optim.lr=* || "$arg" == +optim.lr=* ]]; then lr_tag="-lr${arg#*=}"; fi
+done
+EXPERIMENT="${EXPERIMENT:-${LOSS_MODE:+${LOSS_MODE}-}${model_name}-${PRESET}${lr_tag}}"
 
 if [[ -n "$VAL_FILE" ]]; then val="data.val_files=$VAL_FILE"; else val="data.val_files=null"; fi
 mode=()

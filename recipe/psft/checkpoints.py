@@ -12,10 +12,19 @@ Here:
 * :func:`resolve_resume` picks the checkpoint to resume: the tracker's if complete, otherwise the
   newest complete one, saying so; when checkpoints exist but none is usable it stops with a message
   naming them instead of starting again from step 0;
-* :func:`apply_retention` keeps the newest ``trainer.max_ckpt_to_keep`` complete checkpoints, counted
-  on disk, so the limit holds across restarts.
+* every manifest records the run's *lineage* (a random id created when a run starts from step 0 and
+  inherited by its resumes) and the folder's ``psft_run.json`` names the lineage of the run that owns
+  it now; :func:`resolve_resume` resumes (tracker or fallback) only checkpoints of that lineage, so a
+  run started over with ``resume_mode=disable`` never falls back to the previous run's checkpoints;
+* every manifest records its *kind*: ``milestone`` (due by ``trainer.save_freq``, or the final step)
+  or ``interval`` (``psft.save_interval_minutes``, or a save on a stop signal). :func:`apply_retention`
+  keeps the newest ``trainer.max_ckpt_to_keep`` milestones, counted on disk so the limit holds across
+  restarts, and only the newest interval checkpoint, and only while it is newer than every milestone:
+  interval saves never evict a milestone.
 
 Folders written before manifests existed are accepted when the tracker names them (``legacy``).
+Checkpoints without a lineage or kind (written by earlier versions) count as the current lineage's
+and as milestones.
 """
 
 from __future__ import annotations
@@ -24,7 +33,12 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +48,49 @@ from .files import atomic_write, fsync_path
 
 MANIFEST = "psft_checkpoint.json"
 TRACKER = "latest_checkpointed_iteration.txt"
+RUN_RECORD = "psft_run.json"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
+RANK_SHARD = re.compile(r"^(model|optim|extra_state)_world_size_(\d+)_rank_(\d+)\.pt$")
+MILESTONE, INTERVAL = "milestone", "interval"
+
+# The kind of the save in progress: set by the loop (long_run.py), which knows why it saves, and read by
+# the checkpoint handler, whose save_checkpoint(step) signature is verl's.
+_SAVE_KIND: ContextVar[str] = ContextVar("psft_save_kind", default=MILESTONE)
+
+
+@contextmanager
+def save_kind(kind: str) -> Iterator[None]:
+    if kind not in (MILESTONE, INTERVAL):
+        raise ValueError(f"save kind {kind!r}: expected {MILESTONE} or {INTERVAL}")
+    token = _SAVE_KIND.set(kind)
+    try:
+        yield
+    finally:
+        _SAVE_KIND.reset(token)
+
+
+def current_save_kind() -> str:
+    return _SAVE_KIND.get()
+
+
+def new_lineage() -> str:
+    return uuid.uuid4().hex
+
+
+def read_run_record(root: Path) -> dict[str, Any]:
+    """``<root>/psft_run.json`` ({} if absent or unreadable: a folder of an earlier version)."""
+    try:
+        data = json.loads((Path(root) / RUN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_run_record(root: Path, lineage: str, resumed_from: str | None) -> None:
+    """Name the lineage that owns ``root`` now (written under the folder lock, before training)."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    record = {"lineage": lineage, "resumed_from": resumed_from}
+    atomic_write(Path(root) / RUN_RECORD, json.dumps(record, indent=1, sort_keys=True))
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -53,11 +109,37 @@ def fsync_tree(root: Path) -> dict[str, int]:
     return files
 
 
-def write_manifest(folder: Path, step: int, run_identity: dict[str, Any]) -> None:
-    """Seal a checkpoint folder whose files are all written: fsync them, then write the manifest."""
+def missing_rank_shards(files: dict[str, int]) -> list[str]:
+    """Per-rank engine shards a folder lacks: for every kind of shard present (model, optim,
+    extra_state) written for world size W, each of ranks 0..W-1 must be there."""
+    present: dict[tuple[str, int], set[int]] = {}
+    for name in files:
+        match = RANK_SHARD.match(name)
+        if match:
+            present.setdefault((match.group(1), int(match.group(2))), set()).add(int(match.group(3)))
+    return [
+        f"{kind}_world_size_{world}_rank_{rank}.pt"
+        for (kind, world), ranks in sorted(present.items())
+        for rank in range(world)
+        if rank not in ranks
+    ]
+
+
+def write_manifest(
+    folder: Path, step: int, run_identity: dict[str, Any], lineage: str | None = None, kind: str = MILESTONE
+) -> None:
+    """Seal a checkpoint folder whose files are all written: fsync them, then write the manifest.
+
+    Raises CheckpointError when a rank's shard is missing (the folder is not one shared folder)."""
     files = fsync_tree(folder)
     files.pop(MANIFEST, None)
-    manifest = {"step": step, "files": files, "run": run_identity}
+    missing = missing_rank_shards(files)
+    if missing:
+        raise CheckpointError(
+            f"{folder} lacks {', '.join(missing)} as this process sees it: every rank writes its own shard, so "
+            "trainer.default_local_dir must be one folder shared by every node (a network filesystem)"
+        )
+    manifest = {"step": step, "files": files, "run": run_identity, "lineage": lineage, "kind": kind}
     atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
@@ -74,6 +156,14 @@ class CheckpointState:
     complete: bool
     reason: str = ""
     manifest: dict[str, Any] | None = None
+
+    @property
+    def lineage(self) -> str | None:
+        return None if self.manifest is None else self.manifest.get("lineage")
+
+    @property
+    def kind(self) -> str:
+        return MILESTONE if self.manifest is None else str(self.manifest.get("kind") or MILESTONE)
 
 
 def inspect_checkpoint(path: Path) -> CheckpointState:
@@ -145,6 +235,7 @@ class ResumePlan:
     step: int = 0
     manifest: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    lineage: str | None = None  # of the run about to start (set by run_preparation.prepare_run)
 
     @property
     def run_identity(self) -> dict[str, Any] | None:
@@ -188,48 +279,94 @@ def resolve_resume(root_value: str, resume_mode: str = "auto", resume_from_path:
     tracked, tracker_problem = read_tracker(root)
     if tracked is None and not states:
         return ResumePlan()
-    complete = [s for s in states if s.complete]
+    owner = read_run_record(root).get("lineage")
+
+    def ours(state: CheckpointState) -> bool:
+        return owner is None or state.lineage in (None, owner)
+
+    complete = [s for s in states if s.complete and ours(s)]
+    foreign = [s for s in states if s.complete and not ours(s)]
 
     if tracked is not None:
         target = inspect_checkpoint(step_dir(root, tracked))
-        if target.complete:
+        if target.complete and ours(target):
             return ResumePlan(target.path, target.step, target.manifest)
         legacy = target.path.is_dir() and not (target.path / MANIFEST).exists() and not complete
-        if legacy and (target.path / "data_0.pt").exists():
+        if legacy and (target.path / "data_0.pt").exists() and not foreign:
             _say(f"{target.path} has no {MANIFEST} (written before integrity manifests): resuming from it unverified")
             return ResumePlan(target.path, target.step)
-        problem = f"the latest checkpoint {target.path} is not usable: {target.reason}"
+        reason = target.reason if not target.complete else f"it belongs to another run (lineage {target.lineage})"
+        problem = f"the latest checkpoint {target.path} is not usable: {reason}"
     else:
         problem = tracker_problem
 
     if complete:
         best = complete[-1]
-        note = f"{problem}; resuming from {best.path} (step {best.step}), the newest complete checkpoint"
+        note = f"{problem}; resuming from {best.path} (step {best.step}), the newest complete checkpoint of this run"
         _say(note)
         return ResumePlan(best.path, best.step, best.manifest, notes=[note])
-    listing = "; ".join(f"{s.path.name}: {s.reason}" for s in states) or "no global_step_N folders"
+    listing = (
+        "; ".join(f"{s.path.name}: {s.reason or f'complete, of another run (lineage {s.lineage})'}" for s in states)
+        or "no global_step_N folders"
+    )
+    whose = f" of this folder's run (lineage {owner}, {RUN_RECORD})" if owner else ""
     raise CheckpointError(
-        f"{problem}, and {root} holds no complete checkpoint ({listing}). Not starting again from step 0 on top "
-        f"of them: restore the folder, move it away, or pass trainer.resume_mode=disable to train from scratch."
+        f"{problem}, and {root} holds no complete checkpoint{whose} ({listing}). Not starting again from step 0 on "
+        f"top of them: restore the folder, move it away, or pass trainer.resume_mode=disable to train from scratch."
     )
 
 
 def apply_retention(root: Path, keep: int | None, protect: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints, and failed saves older than ``protect``.
+    """Delete what the retention rule lets go (module docstring), and failed saves older than ``protect``.
 
-    Counted on disk, so the limit holds across restarts. Never deletes the checkpoint of step ``protect``
-    (the one just written). Returns the deleted folders.
+    Milestones: all but the newest ``keep`` (None or <= 0 keeps all). Interval checkpoints: all but the
+    newest, and that one too once a milestone is newer. Counted on disk, so the rule holds across
+    restarts. Never deletes the checkpoint of step ``protect`` (the one just written). Returns the
+    deleted folders.
     """
     states = list_checkpoints(root)
-    removed = []
     complete = [s for s in states if s.complete]
-    doomed = complete[:-keep] if keep and keep > 0 and len(complete) > keep else []
+    milestones = [s for s in complete if s.kind != INTERVAL]
+    intervals = [s for s in complete if s.kind == INTERVAL]
+    doomed = milestones[:-keep] if keep and keep > 0 and len(milestones) > keep else []
+    newest_milestone = milestones[-1].step if milestones else -1
+    doomed += [s for s in intervals[:-1]] + [s for s in intervals[-1:] if s.step < newest_milestone]
     # Partial folders of failed saves (no dataloader state, which is written after the engine's files);
     # a folder without a manifest but with it may be a checkpoint of an older version: kept.
     doomed += [s for s in states if not s.complete and s.step < protect and not (s.path / "data_0.pt").exists()]
-    for state in doomed:
+    removed = []
+    for state in sorted(doomed, key=lambda s: s.step):
         if state.step == protect:
             continue
         shutil.rmtree(state.path, ignore_errors=True)
         removed.append(state.path)
     return removed
+
+
+def drop_shared_write(path: Path) -> None:
+    """Remove group/other write permission from ``path`` and everything under it (the checkpoints this
+    run writes, so that a umask of 002 does not make the next resume refuse them; see check_trusted)."""
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for entry in [Path(dirpath)] + [Path(dirpath) / n for n in filenames]:
+            mode = entry.lstat().st_mode
+            if mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(mode):
+                entry.chmod(stat.S_IMODE(mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_trusted(path: Path, allow_shared_writable: bool, recursive: bool = True) -> None:
+    """Refuse a checkpoint folder (or a file in it) that another user may have written: loading a
+    checkpoint unpickles its files (verl loads its shards with ``torch.load(weights_only=False)``),
+    which runs any code they contain. Raises CheckpointError naming the path, unless allowed."""
+    if allow_shared_writable or not path.exists():
+        return
+    uid = os.getuid()
+    for dirpath, _dirnames, filenames in os.walk(path) if recursive else [(str(path), [], [])]:
+        for entry in [Path(dirpath)] + [Path(dirpath) / n for n in filenames]:
+            st = entry.lstat()
+            if st.st_uid != uid or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                who = f"owned by uid {st.st_uid}" if st.st_uid != uid else f"mode {stat.filemode(st.st_mode)}"
+                raise CheckpointError(
+                    f"{entry} is writable by other users ({who}): a checkpoint is loaded with pickle, so whoever can "
+                    f"write it can run code in this run. Make it yours and not group/other-writable (chmod -R go-w "
+                    f"{path}), or pass psft.allow_shared_writable_checkpoints=true if you trust every writer."
+                )

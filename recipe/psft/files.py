@@ -5,8 +5,9 @@ Used by the run identity (``run_identity.py``), checkpoints (``checkpoints.py``)
 cache (``reference.py``) and ``evaluation/`` (run fingerprint, test-file hash, ``run.json``,
 ``summary.json``, the accuracy log).
 
-**Atomic write**: the data goes to a temporary file beside the target (named by process and thread, so
-concurrent writers never share one), which is fsynced and renamed onto the target; then the folder is
+**Atomic write**: the data goes to a temporary file beside the target (named by process, thread and a
+random token, so concurrent writers never share one, also processes with one pid on two hosts of a
+shared filesystem), which is fsynced and renamed onto the target; then the folder is
 fsynced. A reader sees the old content or all of the new, also after a crash.
 
 **Model fingerprint**: the full sha256 of every file that decides the model's outputs (weights, and the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -81,7 +83,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; renamed onto ``path`` when the block ends
     without an error (after an fsync; the folder is fsynced too), removed when it raises."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_native_id()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         fsync_path(tmp)

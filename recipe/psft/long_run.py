@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import ResumePlan
+from .checkpoints import INTERVAL, MILESTONE, ResumePlan, save_kind
 from .divergence import DivergenceGuard
 from .exit_codes import AlreadyFinished, Diverged, Preempted, WorkerLost
 from .preemption import PreemptionGuard
@@ -56,6 +56,7 @@ class LongRunGuard:
         self.first_step, self.current_step = step, step
         self.last_saved_step = step or None
         self._save_postponed, self._last_save_time = False, time.monotonic()
+        self._postponed_kind = INTERVAL
         if self.preemption.requested:  # the signal came while the model and workers were being built
             self._stop_if_preempted(step)
 
@@ -83,8 +84,16 @@ class LongRunGuard:
             return True
         return self.save_interval_s > 0 and time.monotonic() - self._last_save_time >= self.save_interval_s
 
+    def _kind(self, step: int, is_last_step: bool) -> str:
+        """A milestone (kept by retention, see checkpoints.apply_retention) when due by save_freq, final,
+        or standing in for a milestone postponed by a skipped update; otherwise an interval save."""
+        if is_last_step or (self.save_freq > 0 and step % self.save_freq == 0):
+            return MILESTONE
+        return self._postponed_kind if self._save_postponed else INTERVAL
+
     def _save_or_postpone(self, step: int, is_last_step: bool) -> None:
         """Checkpoint ``step`` unless it had a skipped update (then the next clean step saves)."""
+        kind = self._kind(step, is_last_step)
         if self.divergence.step_had_skips(step):
             if is_last_step:
                 raise Diverged(
@@ -92,10 +101,12 @@ class LongRunGuard:
                     f"result. The last checkpoint is step {self.last_saved_step or 'none'}."
                 )
             print(f"[psft] step {step} had a skipped update: its checkpoint moves to the next clean step", flush=True)
-            self._save_postponed = True
+            self._save_postponed, self._postponed_kind = True, kind
             return
-        self._save(step)
+        with save_kind(kind):
+            self._save(step)
         self.last_saved_step, self._save_postponed, self._last_save_time = step, False, time.monotonic()
+        self._postponed_kind = INTERVAL
 
     def _stop_if_preempted(self, step: int) -> None:
         if not self.preemption.requested:

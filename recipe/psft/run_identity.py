@@ -7,11 +7,21 @@ checkpoint therefore records :func:`run_identity` of its config, and :func:`chec
 resume that changes any of it, naming every changed key with both values, unless the key is listed in
 ``psft.resume_allow_changes``.
 
+The same check runs when the checkpoint is already at the configured end: rerunning a finished run
+with another setting (a second lr of a sweep under the same experiment name) is refused, not answered
+"nothing to do".
+
+The identity covers the optimizer (lr, schedule, warm-up, weight decay, betas, gradient clip), the
+training data (each file's content hash, ``data.train_max_samples``, the columns, the chat-template
+kwargs; the chat template itself is part of ``model.weights``, the model folder's tokenizer files),
+the loss (mode, aggregation, clip range, snapshot, KL coefficient and estimator) and the world size.
+To change one of them on purpose (e.g. lower the lr mid-run), list it in ``psft.resume_allow_changes``.
+
 Deliberately *not* part of the identity (always free to change at resume): the number of steps or
-epochs (extending a run), logging, validation files and frequency, save frequency and retention,
-the learning rate and other optimizer settings (a common, deliberate intervention), and
+epochs (extending a run), logging, validation files and frequency, save frequency and retention, and
 micro-batching (it does not change the maths, except under ``psft.loss_agg_mode=micro-token-mean``,
 the original's rule, where it moves the per-token weights: change it there only on purpose).
+Checkpoints of earlier versions that lack a key are not compared on it.
 """
 
 from __future__ import annotations
@@ -34,10 +44,29 @@ PLAIN_KEYS = (
     "psft.clip_ratio_high",
     "psft.sft_warmup_steps",
     "psft.shuffle_mini_batches",
+    "psft.snapshot",
+    "psft.kl_coef",
+    "psft.kl_estimator",
     "data.max_length",
     "data.truncation",
     "data.prompt_key",
     "data.response_key",
+    "data.messages_key",
+    "data.train_max_samples",
+    "data.apply_chat_template_kwargs",
+    "model.override_config",
+    "optim.optimizer",
+    "optim.lr",
+    "optim.lr_scheduler_type",
+    "optim.warmup_style",
+    "optim.lr_warmup_steps",
+    "optim.lr_warmup_steps_ratio",
+    "optim.min_lr_ratio",
+    "optim.num_cycles",
+    "optim.weight_decay",
+    "optim.betas",
+    "optim.clip_grad",
+    "optim.override_optimizer_config",
     "trainer.seed",
 )
 DERIVED_KEYS = ("model.path", "model.weights", "data.train_files", "data.train_files.sha256", "trainer.world_size")
@@ -109,7 +138,8 @@ def identity_changes(recorded: dict[str, Any], current: dict[str, Any]) -> dict[
     return {
         key: (recorded.get(key), current.get(key))
         for key in IDENTITY_KEYS
-        if key in recorded and recorded.get(key) != current.get(key)
+        if key in recorded
+        and recorded.get(key) != current.get(key)
         and not (key == "model.weights" and str(recorded.get(key)).startswith(_LEGACY_WEIGHTS))
     }
 
@@ -138,7 +168,8 @@ def check_resume(
         keys = ",".join(refused)
         raise ResumeMismatch(
             f"the checkpoint to resume ({checkpoint}) belongs to a run with different settings:\n{lines}\n"
-            f"Resuming would mix two runs. Use a new trainer.default_local_dir (or experiment name) for a new run, "
+            f"Resuming would mix two runs (and if that run is finished, this is another run, not a rerun of it). "
+            f"Use a new trainer.default_local_dir (or experiment name) for a new run, "
             f"pass trainer.resume_mode=disable to start from scratch here, or accept the change with "
             f"psft.resume_allow_changes=[{keys}]"
         )

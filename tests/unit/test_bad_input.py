@@ -157,6 +157,7 @@ def test_cli_exits_2_with_the_message(tiny_model, tmp_path):
             "trainer.n_gpus_per_node=2",
             "data.train_batch_size=8",
             "psft.mini_batch_size=4",
+            f"trainer.default_local_dir={tmp_path / 'ckpt'}",  # not the shared default folder (one run per folder)
         ],
         capture_output=True,
         text=True,

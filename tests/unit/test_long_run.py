@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from recipe.psft.checkpoints import ResumePlan
+from recipe.psft.checkpoints import INTERVAL, MILESTONE, ResumePlan, current_save_kind
 from recipe.psft.exit_codes import AlreadyFinished, Diverged, Preempted
 from recipe.psft.long_run import LongRunGuard
 from recipe.psft.preemption import PreemptionGuard
@@ -101,3 +101,31 @@ def test_interval_saves_follow_the_clock(monkeypatch):
     g.end_of_step(2, False)
     g.end_of_step(3, False)
     assert saved == [2]
+
+
+def test_each_save_says_whether_it_is_a_milestone_or_an_interval_save(monkeypatch):
+    """The kind the checkpoint handler records (and retention reads): save_freq steps, the final step and
+    a milestone postponed by a skipped update are milestones; time-interval saves are not."""
+    config = OmegaConf.create(
+        {"trainer": {"default_local_dir": "/ckpt"}, "psft": {"save_interval_minutes": 1e-9, "max_nonfinite": 3}}
+    )
+    kinds: dict[int, str] = {}
+    g = LongRunGuard(config, ResumePlan(), PreemptionGuard())
+    g.begin(0, save=lambda step: kinds.__setitem__(step, current_save_kind()), save_freq=3)
+    for step in range(1, 8):
+        g.after_update(step, 0, {"loss": [math.nan], "grad_norm": math.nan} if step == 6 else finite())
+        g.end_of_step(step, is_last_step=step == 7)
+    assert kinds == {1: INTERVAL, 2: INTERVAL, 3: MILESTONE, 4: INTERVAL, 5: INTERVAL, 7: MILESTONE}
+    assert current_save_kind() == MILESTONE  # outside a save: the default
+
+
+def test_a_postponed_milestone_stays_a_milestone():
+    config = OmegaConf.create({"trainer": {"default_local_dir": "/ckpt"}, "psft": {"max_nonfinite": 3}})
+    kinds: dict[int, str] = {}
+    g = LongRunGuard(config, ResumePlan(), PreemptionGuard())
+    g.begin(0, save=lambda step: kinds.__setitem__(step, current_save_kind()), save_freq=2)
+    g.after_update(2, 0, {"loss": [math.nan], "grad_norm": math.nan})
+    g.end_of_step(2, False)
+    g.after_update(3, 0, finite())
+    g.end_of_step(3, False)
+    assert kinds == {3: MILESTONE}
