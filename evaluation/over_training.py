@@ -20,6 +20,11 @@ After each checkpoint, accuracy per step is rewritten, complete checkpoints only
 ``--log`` (default: ``<training log>.eval.jsonl`` beside ``--train-log``, else
 ``CKPT_DIR/eval/<test file>/accuracy.jsonl``). ``scripts/plot_runs.py --accuracy-log LABEL=FILE`` draws it.
 
+Forgetting beside accuracy: with ``--kl-initial MODEL_DIR --kl-data HELDOUT`` (an SFT-layout file) each
+checkpoint's exact forward KL to the initial model (:mod:`evaluation.kl_to_initial`, cached in
+``CKPT_DIR/eval/kl_to_initial/<data stem>.jsonl``) joins its log line as ``kl/to_initial``, and
+``<log stem>.kl.png`` beside the log draws KL and accuracy against the step.
+
 Exit status (``recipe/psft/exit_codes.py``): 0 every checkpoint complete, 6 some evaluation incomplete
 (rerun), 130 interrupted, 2 bad input.
 """
@@ -35,6 +40,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evaluation.kl_to_initial import (
+    KL_KEY,
+    KLInputError,
+    KLSettings,
+    add_kl_arguments,
+    kl_for_models,
+    load_rows,
+    plot_kl,
+)
 from recipe.psft.checkpoints import readable_checkpoints
 from recipe.psft.exit_codes import BAD_INPUT, INCOMPLETE, INTERRUPTED
 from recipe.psft.files import atomic_write
@@ -56,7 +70,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="keep polling for new checkpoints until Ctrl-C")
     p.add_argument("--interval", type=float, default=60.0, help="seconds between polls with --watch")
     p.add_argument("--until-step", type=int, default=None, help="with --watch: stop once this step is evaluated")
+    p.add_argument("--kl-initial", type=Path, default=None, help="the initial model: adds KL to it per step")
+    add_kl_arguments(p, "kl-")
     return p
+
+
+def kl_settings(args: argparse.Namespace) -> KLSettings | None:
+    """The KL options, or None without ``--kl-initial``; raises KLInputError for half of them or missing files."""
+    if args.kl_initial is None and args.kl_data is None:
+        return None
+    if args.kl_initial is None or args.kl_data is None:
+        raise KLInputError("--kl-initial and --kl-data go together")
+    if not args.kl_initial.is_dir():
+        raise KLInputError(f"--kl-initial {args.kl_initial}: no such folder")
+    if not Path(args.kl_data).is_file():
+        raise KLInputError(f"--kl-data {args.kl_data}: no such file")
+    settings = KLSettings(args.kl_data, args.kl_max_rows, args.kl_max_length, args.kl_dtype, args.kl_device)
+    from transformers import AutoTokenizer
+
+    # Bad rows are found now, before any checkpoint is evaluated (the tokenisation is seconds).
+    load_rows(settings, AutoTokenizer.from_pretrained(str(args.kl_initial), local_files_only=True))
+    return settings
+
+
+def kl_of_checkpoints(
+    args: argparse.Namespace, settings: KLSettings | None, checkpoints: dict[int, Path]
+) -> dict[int, float]:
+    """step -> KL to the initial model, for every ready checkpoint (computed once, cached)."""
+    if settings is None or not checkpoints:
+        return {}
+    out = args.ckpt_dir / "eval" / "kl_to_initial" / f"{Path(settings.data).stem}.jsonl"
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    results = kl_for_models(args.kl_initial, checkpoints, settings, out, log=log)
+    return {step: r[KL_KEY] for step, r in results.items()}
 
 
 def ready_checkpoints(ckpt_dir: Path) -> dict[int, Path]:
@@ -83,19 +129,26 @@ def accuracy_entry(step: int, summary: dict[str, Any]) -> dict[str, Any]:
     return {"step": step, "data": data}
 
 
-def write_accuracy_log(path: Path, out_root: Path, steps: list[int]) -> int:
-    """Rewrite the accuracy log from every complete summary (atomically); returns the lines written."""
-    lines = []
+def write_accuracy_log(path: Path, out_root: Path, steps: list[int], kl: dict[int, float] | None = None) -> int:
+    """Rewrite the accuracy log from every complete summary (atomically), with ``kl/to_initial`` for the
+    steps in ``kl`` (a step with KL and no complete evaluation yet gets a line with KL alone); returns the
+    lines with accuracy written."""
+    lines, accurate = [], 0
     for step in steps:
         summary_path = out_root / f"global_step_{step}" / "summary.json"
-        if not summary_path.is_file():
-            continue
-        summary = json.loads(summary_path.read_text())
-        if summary.get("complete"):
-            lines.append(json.dumps(accuracy_entry(step, summary)))
+        entry: dict[str, Any] = {"step": step, "data": {}}
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            if summary.get("complete"):
+                entry = accuracy_entry(step, summary)
+                accurate += 1
+        if kl and step in kl:
+            entry["data"][KL_KEY] = kl[step]
+        if entry["data"]:
+            lines.append(json.dumps(entry))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+    return accurate
 
 
 def is_complete(out_dir: Path) -> bool:
@@ -135,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("--model", "--output", "--backend") for a in eval_args):
         print("error: --model, --output and --backend are set per checkpoint by this command", file=sys.stderr)
         return BAD_INPUT
+    try:
+        kl_config = kl_settings(args)
+    except KLInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
     stem = Path(args.test_file).stem
     out_root = args.output_root or args.ckpt_dir / "eval" / stem
     if args.log is not None:
@@ -161,7 +219,15 @@ def main(argv: list[str] | None = None) -> int:
                     incomplete += 1
                 written = write_accuracy_log(log, out_root, list(checkpoints))
                 print(f"[steps] accuracy of {written} checkpoint(s) in {log}", file=sys.stderr, flush=True)
-            written = write_accuracy_log(log, out_root, list(checkpoints))
+            kl = kl_of_checkpoints(args, kl_config, checkpoints)
+            written = write_accuracy_log(log, out_root, list(checkpoints), kl)
+            if kl:
+                figure = plot_kl(
+                    {s: {KL_KEY: v} for s, v in kl.items()},
+                    log.with_name(f"{log.stem}.kl.png"),
+                    log if written else None,
+                )
+                print(f"[steps] KL to the initial model of {len(kl)} checkpoint(s): {log}, {figure}", file=sys.stderr)
             status = INCOMPLETE if incomplete else 0
             done_until = args.until_step is not None and args.until_step in checkpoints and not incomplete
             if not args.watch or done_until:
@@ -171,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[steps] {written} of {len(checkpoints)} checkpoint(s) evaluated: {log}", file=sys.stderr)
                 return status
             time.sleep(args.interval)
+    except KLInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
     except KeyboardInterrupt:
         print("\n[steps] interrupted: rerun the same command to continue", file=sys.stderr)
         return INTERRUPTED
