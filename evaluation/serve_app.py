@@ -105,7 +105,10 @@ class _BearerGuard:
         return scheme.lower() == "bearer" and hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._digest)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket") and not self._allowed(scope):
+        if scope["type"] == "websocket" and not self._allowed(scope):
+            await send({"type": "websocket.close", "code": 1008})  # policy violation, before accepting
+            return
+        if scope["type"] == "http" and not self._allowed(scope):
             from starlette.responses import JSONResponse
 
             await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)

@@ -31,6 +31,8 @@ from trainer_harness import free_port, listening_sockets
 ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 16
 N = 3
+API_KEY = "k-e2e-test"  # the Serve app's key: in `serve run`'s environment only, never its command line
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUESTIONS = ["What is 1+1?", "Solve 3x + 5 = 20.", "How many legs do 3 cows have?", "What is 17 * 23 - 9?"]
 
 
@@ -171,6 +173,7 @@ def serve_app(assets: dict[str, Path]) -> Iterator[str]:
     cmd += ["tensor-parallel-size=1", f"port={port}", "dtype=float32"]
     env = _env()
     env["RAY_ADDRESS"] = "local"  # never join another Ray cluster on this machine
+    env["VLLM_API_KEY"] = API_KEY
     log = open(assets["root"] / "serve.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     assets["serve_pid"] = proc.pid  # type: ignore[assignment]
@@ -181,7 +184,7 @@ def serve_app(assets: dict[str, Path]) -> Iterator[str]:
             assert proc.poll() is None, (assets["root"] / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "Serve app not ready in 240 s"
             try:
-                r = httpx.get(base + "/v1/models", timeout=5)
+                r = httpx.get(base + "/v1/models", timeout=5, headers=AUTH)
                 if r.status_code == 200 and r.json()["data"]:
                     break
             except (httpx.HTTPError, ValueError, KeyError):
@@ -201,16 +204,25 @@ def serve_app(assets: dict[str, Path]) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_serve_app_is_openai_compatible_and_local(serve_app: str, assets: dict[str, Path]):
-    models = httpx.get(serve_app + "/v1/models", timeout=10).json()
+    models = httpx.get(serve_app + "/v1/models", timeout=10, headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == ["tiny"]  # the model folder's basename
+    # The key reached the replica through the deployment (the replica drops VLLM_API_KEY from its own
+    # environment) and guards every route but /health, /invocations included.
+    assert httpx.get(serve_app + "/health", timeout=10).status_code == 200
+    for path in ("/v1/models", "/invocations", "/v1/psft/fingerprint"):
+        assert httpx.post(serve_app + path, json={}, timeout=10).status_code == 401, path
+    # What was served: the fingerprint of the files the replica loaded.
+    fp = httpx.get(serve_app + "/v1/psft/fingerprint", timeout=10, headers=AUTH).json()
+    assert fp["served_names"] == ["tiny"] and fp["root"] == str(assets["model"]) and fp["error"] is None
+    assert fp["weights_sha256"] == weights_sha256(assets["model"])
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 8}
-    reply = httpx.post(serve_app + "/v1/chat/completions", json=body, timeout=60).json()
+    reply = httpx.post(serve_app + "/v1/chat/completions", json=body, timeout=60, headers=AUTH).json()
     assert len(reply["choices"]) == 2 and reply["usage"]["completion_tokens"] <= 16
     # A request that leaves top_k out: the server must not fill it from generation_config.json (top_k 1).
     body.update(n=4, temperature=1.0, max_tokens=12)
     texts = [
         c["message"]["content"]
-        for c in httpx.post(serve_app + "/v1/chat/completions", json=body, timeout=60).json()["choices"]
+        for c in httpx.post(serve_app + "/v1/chat/completions", json=body, timeout=60, headers=AUTH).json()["choices"]
     ]
     assert len(set(texts)) >= 3, texts
     port = int(serve_app.rsplit(":", 1)[1])
@@ -227,17 +239,42 @@ def test_serve_app_is_openai_compatible_and_local(serve_app: str, assets: dict[s
 
 @pytest.mark.slow
 def test_client_through_serve(serve_app: str, assets: dict[str, Path]):
+    import shutil
+
+    env = {**_env(), "VLLM_API_KEY": API_KEY}
+    # Other weights under --model-path: refused before any request, both fingerprints shown.
+    other = assets["root"] / "other_model"
+    shutil.copytree(assets["model"], other, ignore=shutil.ignore_patterns(".psft_fingerprint.json"))
+    weights = other / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor
+    weights.write_bytes(bytes(data))
+    cmd = _eval_cmd("tiny", assets["test_file"], assets["root"] / "refused", "--base-url", serve_app)
+    res = subprocess.run(cmd + ["--model-path", str(other)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "serves other weights than --model-path" in res.stderr, res.stderr[-3000:]
+    assert weights_sha256(other) in res.stderr and weights_sha256(assets["model"]) in res.stderr
+    # The same files under another path (a copy on another node's disk) are accepted.
+    copy = assets["root"] / "copy" / "tiny"
+    shutil.copytree(assets["model"], copy, ignore=shutil.ignore_patterns(".psft_fingerprint.json"))
+    out = assets["root"] / "served_copy"
+    cmd = _eval_cmd("tiny", assets["test_file"], out, "--backend", "serve", "--base-url", serve_app)
+    res = subprocess.run(
+        cmd + ["--model-path", str(copy)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["weights_sha256"] == weights_sha256(assets["model"])
+
     out = assets["root"] / "served"
     cmd = _eval_cmd("tiny", assets["test_file"], out, "--backend", "serve", "--base-url", serve_app)
-    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(out)
     _check_rows(rows)
     _check_distinct(rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["backend"] == "serve" and summary["model"] == "tiny"
-    assert summary["weights_sha256"] == weights_sha256(assets["model"])  # from the path /v1/models reports
+    assert summary["weights_sha256"] == weights_sha256(assets["model"])  # from the server's fingerprint
     # Rerun: everything is reused, no request is needed.
-    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "0 to generate" in res.stderr
     assert _rows(out) == rows

@@ -719,3 +719,51 @@ def test_serve_guard_covers_every_route_but_health():
         assert client.post(path).status_code == 401
         assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get(path, headers={"Authorization": "Bearer k-1"}).status_code == 200
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocketDisconnect
+
+    async def hello(websocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hi")
+        await websocket.close()
+
+    app.router.routes.append(WebSocketRoute("/v1/realtime", hello))
+    with client.websocket_connect("/v1/realtime", headers={"Authorization": "Bearer k-1"}) as ws:
+        assert ws.receive_text() == "hi"
+    with pytest.raises(WebSocketDisconnect):  # closed before it is accepted
+        with client.websocket_connect("/v1/realtime"):
+            pass
+
+
+def test_eval_sh_refuses_a_server_serving_another_model(tmp_path: Path, server: FakeOpenAI):
+    """An older server left on eval.sh's port, same served name, other weights: refused before any request,
+    both fingerprints shown (the `serve run` eval.sh starts is a stand-in that never binds the port)."""
+    from recipe.psft.files import model_fingerprint
+
+    model = _fake_model(tmp_path / "ckpt" / "exp" / "global_step_5" / "huggingface", b"\x09" * 64)
+    old = _fake_model(tmp_path / "old" / "exp" / "global_step_5" / "huggingface", b"\x0a" * 64)
+    serve_routes(server, "exp/global_step_5", old)
+    server.get_routes["/health"] = {}
+    stand_in = tmp_path / "serve"
+    stand_in.write_text("#!/bin/sh\nexec sleep 120\n")
+    stand_in.chmod(0o755)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test_toy.parquet").write_bytes(b"")  # eval.sh only checks that it exists
+    env = {**os.environ, "SERVE": str(stand_in), "PORT": server.url.rsplit(":", 1)[1], "PYTHON": sys.executable}
+    env.update(DATA_DIR=str(tmp_path / "data"), BENCHMARKS="toy", OUT_DIR=str(tmp_path / "out"))
+    env.pop("VLLM_API_KEY", None)
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "eval.sh"), str(model)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"the server on port {server.url.rsplit(':', 1)[1]} does not serve {model}" in res.stderr
+    assert (
+        model_fingerprint(old)["weights_sha256"] in res.stderr
+        and model_fingerprint(model)["weights_sha256"] in res.stderr
+    )
+    assert server.requests == []
