@@ -4,6 +4,7 @@
     python prepare_data.py --source builtin                  # offline: reasoning-gym math, train/test/OOD
     python prepare_data.py --source local --input my.jsonl --prompt-key question --response-key solution
     python prepare_data.py --source benchmarks --benchmarks aime24,math500   # test sets only (Hub)
+    python prepare_data.py --source benchmarks --benchmark-files gpqa_diamond=gpqa.parquet   # one from a local copy
 
 Writes ``train.parquet`` and ``test*.parquet`` into ``--output-dir`` with the columns ``data_source``,
 ``prompt`` (chat messages), ``demonstration``, ``ability``, ``reward_model`` {ground_truth, style} and
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prepare import builtin, card, control, hub, stats
+from prepare import benchmark_files, builtin, card, control, hub, stats
 from prepare.collect import collect, finalize
 from prepare.overlap import Overlap
 from prepare.records import Report, SourceUnavailable
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma list of {','.join(hub.BENCHMARKS)}, 'all' or 'none' (default: all for openr1, "
         "none otherwise); written as test_<name>.parquet, one row per problem",
+    )
+    p.add_argument(
+        "--benchmark-files",
+        default=None,
+        metavar="NAME=PATH[,NAME=PATH...]",
+        help="read these benchmarks from local .parquet/.jsonl/.json files in the Hub's column layout instead "
+        "of the Hub (clusters without Hub access); the data card records each file and its sha256",
     )
     p.add_argument(
         "--system-prompt",
@@ -156,6 +164,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise DataError("--chat-template-kwargs needs --tokenizer PATH")
         args.chat_template_kwargs = parse_json_object(args.chat_template_kwargs)
     args.benchmark_list = parse_benchmarks(args.benchmarks)
+    # Local benchmark files are read and their layout checked here, before any download or conversion.
+    args.benchmark_local = benchmark_files.read_all(
+        benchmark_files.parse_spec(args.benchmark_files), args.benchmark_list
+    )
     return args
 
 

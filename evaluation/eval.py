@@ -34,6 +34,8 @@ from evaluation.data import DataError, Problem, load_problems, repeat_count
 from evaluation.grader import GradingInterrupted, grade_fields
 from evaluation.identity import grader_identity, model_identity
 from evaluation.jobs import Backend, Completion, Job, Sampling, plan_jobs
+from evaluation.presets import PRESETS, Effective
+from evaluation.presets import resolve as resolve_preset
 from evaluation.store import CorruptSamples, RunLocked, RunMismatch, RunStore
 from evaluation.summary import build_summary, format_table
 from recipe.psft.exit_codes import BAD_INPUT, INCOMPLETE, INTERRUPTED, OK
@@ -65,9 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         "names (default: the path the server reports in /v1/models, when it is a local folder)",
     )
     p.add_argument("--test_file", "--test-file", dest="test_file", required=True, help=".parquet or .jsonl")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.95)
-    p.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=10240)
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="pin temperature, top-p, max tokens and n per benchmark (evaluation/presets.py): paper = 0.7/0.95/"
+        "10240, n 32 on AIME/AMC and 8 elsewhere, IFEval 4096 tokens; r1 = 0.6/0.95/32768; greedy = 0/1/2048, "
+        "n 1. Explicit flags override it",
+    )
+    p.add_argument("--temperature", type=float, default=None, help="0.7 unless --preset says otherwise")
+    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None, help="0.95 (or the preset's)")
+    p.add_argument(
+        "--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=None, help="10240 (or the preset's)"
+    )
     p.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=-1, help="-1: off (neutral)")
     p.add_argument("--min_p", "--min-p", dest="min_p", type=float, default=0.0)
     p.add_argument("--repetition_penalty", "--repetition-penalty", dest="repetition_penalty", type=float, default=1.0)
@@ -75,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frequency_penalty", "--frequency-penalty", dest="frequency_penalty", type=float, default=0.0)
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); none by default")
     p.add_argument(
-        "--n", type=int, default=None, help="samples per problem (default: how often the file repeats a problem)"
+        "--n",
+        type=int,
+        default=None,
+        help="samples per problem (default: the preset's, else how often the file repeats a problem)",
     )
     p.add_argument("--seed", type=int, default=None, help="base seed; per-problem seeds derive from it")
     p.add_argument("--backend", choices=("serve", "vllm"), default="serve")
@@ -138,6 +153,16 @@ def sampling_of(args: argparse.Namespace) -> Sampling:
     )
 
 
+def apply_preset(args: argparse.Namespace, problems: list[Problem]) -> Effective:
+    """Fill temperature, top_p and max_tokens in ``args`` from the flags, else the preset for the file's
+    benchmark (its data_source values), else the defaults; the effective values and their origin."""
+    settings = resolve_preset(
+        args.preset, {p.data_source for p in problems}, args.temperature, args.top_p, args.max_tokens, args.n
+    )
+    args.temperature, args.top_p, args.max_tokens = settings.temperature, settings.top_p, settings.max_tokens
+    return settings
+
+
 @dataclass
 class Run:
     """What is settled before an engine starts: the problems, n, the sampling, the fingerprint, the store."""
@@ -157,9 +182,10 @@ def prepare_run(args: argparse.Namespace) -> Run:
         raise DataError("--n must be >= 1")
     engine_args = _engine_args(args.engine_arg)
     problems = load_problems(args.test_file)
+    settings = apply_preset(args, problems)
     # IFEval ground truths are checked against lm-eval's registry now, not after the engine has started.
     grader.validate_ground_truths([(f"{args.test_file}: problem {p.problem_id}", p.ground_truth) for p in problems])
-    n = args.n or repeat_count(problems)
+    n = settings.n or repeat_count(problems)
     sampling = sampling_of(args)
     identity, label = model_identity(args.backend, args.model, args.model_path, args.base_url, args.api_key)
     fingerprint = {
@@ -179,6 +205,8 @@ def prepare_run(args: argparse.Namespace) -> Run:
         else None,
         "base_url": _without_credentials(args.base_url) if args.backend == "serve" else None,
         "engine_args": engine_args if args.backend == "vllm" else None,
+        "preset": args.preset,
+        "settings_origin": settings.origin,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     store = RunStore(out_dir, fingerprint, info)
@@ -293,6 +321,8 @@ def summary_meta(args: argparse.Namespace, run: Run) -> dict[str, Any]:
         # The effective sampling: every parameter is sent with each request (the server's and the
         # model's generation defaults never apply).
         "sampling": run.sampling.as_dict(),
+        "preset": run.info["preset"],
+        "settings_origin": run.info["settings_origin"],  # flag / preset <name> / default / file, per value
         "test_file": run.info["test_file"],
         "test_file_sha256": run.fingerprint["test_file_sha256"],
         "backend": args.backend,

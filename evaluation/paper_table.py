@@ -5,7 +5,8 @@ averages.
 
 Each folder holds ``<benchmark>/summary.json`` as written by ``scripts/eval.sh`` (``evaluation.eval
 --output DIR/<benchmark>``). Columns follow the paper: AIME24, AIME25, AMC23, MATH-500, Minerva,
-OlympiadBench and their average; GPQA-Diamond, MMLU-Pro and their average. The averages are unweighted
+OlympiadBench and their average; GPQA-Diamond, ARC-Challenge, TruthfulQA, IFEval, MMLU-Pro, SuperGPQA,
+HeadQA (arXiv v2's out-of-domain suite) and their average. The averages are unweighted
 means over the benchmarks present (each benchmark counts once, as in the paper). A value from an
 incomplete evaluation is marked ``*`` and its average too; a missing benchmark is ``-`` and left out
 of the average (the header says how many went in).
@@ -27,7 +28,17 @@ IN_DOMAIN = [
     ("minerva", "Minerva"),
     ("olympiadbench", "Olympiad"),
 ]
-OUT_OF_DOMAIN = [("gpqa_diamond", "GPQA-D"), ("mmlu_pro", "MMLU-Pro")]
+# arXiv v2's out-of-domain suite, in its order (IFEval: the strict prompt-level accuracy, the grader's
+# `correct`).
+OUT_OF_DOMAIN = [
+    ("gpqa_diamond", "GPQA-D"),
+    ("arc_challenge", "ARC-C"),
+    ("truthfulqa", "TruthfulQA"),
+    ("ifeval", "IFEval"),
+    ("mmlu_pro", "MMLU-Pro"),
+    ("supergpqa", "SuperGPQA"),
+    ("headqa", "HeadQA"),
+]
 
 
 def read_scores(folder: Path) -> dict[str, tuple[float, bool, int]]:

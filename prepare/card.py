@@ -39,7 +39,8 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """The options that decide the content, for the card (paths as given, so the card is reproducible)."""
-    keep = ["source", "seed", "test_size", "max_samples", "skip_invalid", "benchmarks", "system_prompt"]
+    keep = ["source", "seed", "test_size", "max_samples", "skip_invalid", "benchmarks", "benchmark_files"]
+    keep += ["system_prompt"]
     keep += ["decontaminate"]
     if args.source == "local":
         keep += ["input", "test_input", "prompt_key", "response_key", "answer_key", "messages_key", "data_source"]
@@ -78,10 +79,13 @@ def write_outputs(
         **report.summary(),
         "control_strings": control_strings,
     }
+    local = getattr(args, "benchmark_local", {})
     if args.source in ("openr1", "benchmarks") or args.benchmark_list:
         card["hub_datasets"] = ([hub.OPENR1_REPO] if args.source == "openr1" else []) + [
-            hub.BENCHMARKS[n].source for n in args.benchmark_list
+            hub.BENCHMARKS[n].source for n in args.benchmark_list if n not in local
         ]
+    if local:
+        card["benchmark_files"] = {name: f.card() for name, f in local.items()}
     if overlap is not None and overlap.sizes:
         card["overlap_with_training"] = overlap.card()
     if token_stats:

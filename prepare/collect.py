@@ -73,13 +73,29 @@ def collect(args: argparse.Namespace, report: Report) -> dict[str, Part]:
         report.skipped.extend(dropped)
         for name, examples in splits.items():
             files[name] = Part("train" if name == "train" else "test", examples, paper_prompt)
-    for name in args.benchmark_list:  # graded by \boxed{} extraction: always the paper's prompt by default
+    local_files = getattr(args, "benchmark_local", {})
+    for name in args.benchmark_list:
         bench = hub.BENCHMARKS[name]
-        rows = hub.load_hub_rows(bench.repo, bench.split, bench.config)
-        hub.check_layout(rows, bench.repo, bench.required_columns())
-        examples = [hub.benchmark_example(bench, r, i + 1) for i, r in enumerate(rows)]
-        files[f"test_{name}"] = Part("test", examples, paper_prompt)
+        if name in local_files:  # --benchmark-files: read and checked before any other work
+            numbered = local_files[name].rows
+        else:
+            rows = hub.load_hub_rows(bench.repo, bench.split, bench.config, bench.drop_columns, **bench.load_kwargs())
+            hub.check_layout(rows, bench.repo, bench.required_columns())
+            numbered = list(enumerate(rows, start=1))
+        examples = [hub.benchmark_example(bench, r, n) for n, r in numbered]
+        if name in local_files:  # rows are reported with the file they came from
+            for example in examples:
+                example.origin = str(local_files[name].path)
+        files[f"test_{name}"] = Part("test", examples, benchmark_prompt(bench, args.system_prompt))
     return files
+
+
+def benchmark_prompt(bench: hub.Benchmark, given: str | None) -> str | None:
+    """The system prompt of a benchmark's rows: --system-prompt when given, else the paper's for the sets
+    graded by \\boxed{} / letter extraction, and none for IFEval (its prompt is the whole instruction)."""
+    if given:
+        return given
+    return SYSTEM_PROMPT if bench.system_prompt == "paper" else bench.system_prompt
 
 
 def finalize(

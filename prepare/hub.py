@@ -48,10 +48,25 @@ class Benchmark:
     domain: str = "in"
     problems: int = 0
     extra_keys: tuple[str, ...] = ()  # further columns the conversion needs (e.g. the wrong options)
+    # Where the Hub copy is not the repository's main branch at its root (HEAD-QA: the Hub's parquet
+    # conversion, one folder per language), and columns not to download or decode (HEAD-QA's images).
+    revision: str | None = None
+    data_dir: str | None = None
+    drop_columns: tuple[str, ...] = ()
+    # "paper": the paper's step-by-step \boxed{} system prompt (or --system-prompt); None: no system turn
+    # unless --system-prompt is given (IFEval: the instruction is the whole prompt, as in Google's release).
+    system_prompt: str | None = "paper"
 
     @property
     def source(self) -> str:
-        return f"{self.repo}" + (f" [{self.config}]" if self.config else "") + f" ({self.split})"
+        where = f"{self.repo}" + (f"@{self.revision}" if self.revision else "")
+        where += f" [{self.config}]" if self.config else ""
+        where += f" [{self.data_dir}/]" if self.data_dir else ""
+        return where + f" ({self.split})"
+
+    def load_kwargs(self) -> dict[str, str]:
+        """Further ``datasets.load_dataset`` arguments (empty for most sets)."""
+        return {k: v for k, v in (("revision", self.revision), ("data_dir", self.data_dir)) if v}
 
     def required_columns(self) -> list[tuple[str, ...]]:
         return [self.problem_keys, self.answer_keys] + [(k,) for k in self.extra_keys]
@@ -93,6 +108,42 @@ BENCHMARKS: dict[str, Benchmark] = {
             problems=198,
             extra_keys=GPQA_WRONG,
         ),
+        # The rest of arXiv v2's out-of-domain suite, in the paper's order (prepare/ood.py converts them).
+        Benchmark(
+            "arc_challenge",
+            "allenai/ai2_arc",
+            "test",
+            ("question",),
+            ("answerKey",),
+            config="ARC-Challenge",
+            kind="choice",
+            domain="out",
+            problems=1172,
+            extra_keys=("choices",),
+        ),
+        Benchmark(
+            "truthfulqa",
+            "truthfulqa/truthful_qa",
+            "validation",
+            ("question",),
+            ("mc1_targets",),
+            config="multiple_choice",
+            kind="choice",
+            domain="out",
+            problems=817,
+        ),
+        Benchmark(
+            "ifeval",
+            "google/IFEval",
+            "train",
+            ("prompt",),
+            ("instruction_id_list",),
+            kind="ifeval",
+            domain="out",
+            problems=541,
+            extra_keys=("kwargs",),
+            system_prompt=None,
+        ),
         Benchmark(
             "mmlu_pro",
             "TIGER-Lab/MMLU-Pro",
@@ -104,11 +155,41 @@ BENCHMARKS: dict[str, Benchmark] = {
             problems=12032,
             extra_keys=("options",),
         ),
+        Benchmark(
+            "supergpqa",
+            "m-a-p/SuperGPQA",
+            "train",
+            ("question",),
+            ("answer_letter",),
+            kind="choice",
+            domain="out",
+            problems=26529,
+            extra_keys=("options",),
+        ),
+        # HEAD-QA (2019), English, test split: the set lm-evaluation-harness's headqa_en and the published
+        # HEAD-QA numbers use. The repository holds a loading script, which datasets >= 4 no longer runs,
+        # so the Hub's own parquet conversion of it is read (refs/convert/parquet, folder en/).
+        Benchmark(
+            "headqa",
+            "dvilares/head_qa",
+            "test",
+            ("qtext",),
+            ("ra",),
+            kind="choice",
+            domain="out",
+            problems=2742,
+            extra_keys=("answers",),
+            revision="refs/convert/parquet",
+            data_dir="en",
+            drop_columns=("image",),
+        ),
     )
 }
 IN_DOMAIN = tuple(b.name for b in BENCHMARKS.values() if b.domain == "in")
 OUT_OF_DOMAIN = tuple(b.name for b in BENCHMARKS.values() if b.domain == "out")
-LETTERS = "ABCDEFGHIJ"
+# Option letters. TruthfulQA's mc1 lists up to 13 options, so the letters run past MMLU-Pro's ten.
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_MMLU_PRO_OPTIONS = 10
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option ({first}-{last})."
 
 
@@ -152,11 +233,19 @@ def ensure_hub_reachable(what: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         )
 
 
-def load_hub_rows(repo: str, split: str, config: str | None = None) -> list[dict[str, Any]]:
+def load_hub_rows(
+    repo: str,
+    split: str,
+    config: str | None = None,
+    drop_columns: tuple[str, ...] = (),
+    **load_kwargs: str,
+) -> list[dict[str, Any]]:
     """Download one split with ``datasets`` (cached under HF_HOME) and return its rows as dicts.
 
-    With HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) set there is no probe: ``datasets`` serves a cached copy or
-    fails at once, and that failure is reported the same way.
+    ``load_kwargs`` go to ``datasets.load_dataset`` (``revision``, ``data_dir``); ``drop_columns`` are removed
+    before the rows are read, so HEAD-QA's images are never decoded. With HF_HUB_OFFLINE (or
+    HF_DATASETS_OFFLINE) set there is no probe: ``datasets`` serves a cached copy or fails at once, and that
+    failure is reported the same way.
     """
     offline = _offline_env()
     if not offline:
@@ -164,7 +253,8 @@ def load_hub_rows(repo: str, split: str, config: str | None = None) -> list[dict
     try:
         import datasets
 
-        dataset = datasets.load_dataset(repo, config, split=split)
+        dataset = datasets.load_dataset(repo, config, split=split, **load_kwargs)
+        dataset = dataset.remove_columns([c for c in drop_columns if c in dataset.column_names])
     except Exception as exc:  # offline without a cache, network drops mid-download, gated repos, renamed splits
         why = f"{offline} is set and the datasets cache has no usable copy ({exc})" if offline else str(exc)
         raise SourceUnavailable(f"could not load {repo} (split {split!r}) from the Hub: {why}. {OFFLINE_HINT}") from exc
@@ -262,7 +352,7 @@ def _mmlu_pro(bench: Benchmark, row: dict[str, Any], number: int) -> Example:
     if hasattr(options, "tolist"):
         options = options.tolist()
     answer = _text(row.get("answer"))
-    if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS):
+    if not isinstance(options, list) or not 2 <= len(options) <= MAX_MMLU_PRO_OPTIONS:
         keys["prompt"] = "options"
         return Example(bench.repo, number, None, None, answer, bench.name, keys=keys)
     if answer is None or answer not in LETTERS[: len(options)]:
@@ -280,6 +370,10 @@ def benchmark_example(bench: Benchmark, row: dict[str, Any], number: int) -> Exa
         return _gpqa(bench, row, number)
     if bench.name == "mmlu_pro":
         return _mmlu_pro(bench, row, number)
+    from prepare import ood  # imported here: ood builds on this module's choice helpers
+
+    if bench.name in ood.CONVERTERS:
+        return ood.CONVERTERS[bench.name](bench, row, number)
     problem_key = next((k for k in bench.problem_keys if k in row), bench.problem_keys[0])
     answer_key = next((k for k in bench.answer_keys if k in row), bench.answer_keys[0])
     answer = row.get(answer_key)

@@ -44,6 +44,9 @@ class Example:
     keys: dict[str, str] = field(
         default_factory=lambda: {"prompt": "prompt", "demonstration": "demonstration", "answer": "answer"}
     )
+    # (input key, reason) when the conversion already found the row unusable (e.g. a multiple-choice answer
+    # key that names no option): reported like any other row problem, so --skip-invalid applies to it.
+    invalid: tuple[str, str] | None = None
 
     def key(self, name: str) -> str:
         return self.keys.get(name, name)
@@ -79,6 +82,8 @@ def validate(example: Example, split: str) -> list[RowProblem]:
     def add(name: str, reason: str) -> None:
         problems.append(RowProblem(example.origin, example.row, example.key(name), reason))
 
+    if example.invalid is not None:
+        return [RowProblem(example.origin, example.row, *example.invalid)]
     reason = prompt_problem(example.prompt)
     if reason:
         add("prompt", reason)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Evaluate a checkpoint on the paper's whole benchmark suite: vLLM behind Ray Serve, then the client, at
-# the paper's sampling (temperature 0.7, top-p 0.95, 10,240 new tokens; every other sampling parameter
-# neutral and pinned in each request). In-domain: AIME-24/25 and AMC-23 at Avg@32, MATH-500, Minerva and
-# OlympiadBench at Avg@8; out-of-domain: GPQA-Diamond at Avg@8 and MMLU-Pro at Avg@1 (multiple choice).
-# Ends with the paper-style table (python -m evaluation.paper_table) with in-domain and out-of-domain averages.
+# Evaluate a checkpoint on the paper's whole benchmark suite (arXiv v2): vLLM behind Ray Serve, then the
+# client with `--preset paper` (evaluation/presets.py: temperature 0.7, top-p 0.95, 10,240 new tokens,
+# IFEval 4,096; Avg@32 on AIME-24/25 and AMC-23, Avg@8 on every other benchmark; every other sampling
+# parameter neutral and pinned in each request). In-domain: AIME-24/25, AMC-23, MATH-500, Minerva,
+# OlympiadBench; out-of-domain: GPQA-Diamond, ARC-Challenge, TruthfulQA, IFEval, MMLU-Pro, SuperGPQA, HeadQA.
+# Ends with the paper-style table (python -m evaluation.paper_table): in-domain and 7-benchmark
+# out-of-domain averages.
 #
 #   bash scripts/eval.sh MODEL_DIR [--dry-run]
 #   DATA_DIR=~/data/benchmarks (test_<name>.parquet from `prepare_data.py --source benchmarks`)
 #   OUT_DIR=outputs/eval/<experiment>/global_step_N (from MODEL_DIR; its basename for other folders)
 #   TP=1 (tensor parallel)  PORT=8000  RETRIES=2 (reruns of an incomplete benchmark)
-#   BENCHMARKS="aime24 aime25 amc23 math500 minerva olympiadbench gpqa_diamond mmlu_pro"
+#   PRESET=paper (or r1, greedy)  EVAL_ARGS="" (more evaluation.eval flags for every benchmark, e.g. "--n 1")
+#   BENCHMARKS="aime24 aime25 amc23 math500 minerva olympiadbench gpqa_diamond arc_challenge truthfulqa
+#               ifeval mmlu_pro supergpqa headqa"
 # Results: OUT_DIR/<benchmark>/summary.json; rerunning continues unfinished benchmarks.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,22 +35,16 @@ OUT_DIR="${OUT_DIR:-$ROOT/outputs/eval/$name}"
 TP="${TP:-1}"
 PORT="${PORT:-8000}"
 RETRIES="${RETRIES:-2}"
-BENCHMARKS="${BENCHMARKS:-aime24 aime25 amc23 math500 minerva olympiadbench gpqa_diamond mmlu_pro}"
-
-samples_for() {
-    case "$1" in
-        aime24 | aime25 | amc23) echo 32 ;;
-        mmlu_pro) echo 1 ;;
-        *) echo 8 ;;
-    esac
-}
+BENCHMARKS="${BENCHMARKS:-aime24 aime25 amc23 math500 minerva olympiadbench gpqa_diamond arc_challenge truthfulqa ifeval mmlu_pro supergpqa headqa}"
+PRESET="${PRESET:-paper}"
+read -r -a extra_args <<<"${EVAL_ARGS:-}"
 
 serve_cmd=("$SERVE" run evaluation.serve_app:build_app "model=$model" "tensor-parallel-size=$TP" "port=$PORT"
     "served-model-name=$name")
 eval_cmd() {  # sets `cmd` to the client command for benchmark $1
     cmd=("$PYTHON" -m evaluation.eval --model "$name" --model-path "$model" --test_file "$DATA_DIR/test_$1.parquet"
-        --n "$(samples_for "$1")" --temperature 0.7 --top_p 0.95 --max_tokens 10240
-        --base-url "http://127.0.0.1:$PORT" --concurrency 64 --output "$OUT_DIR/$1")
+        --preset "$PRESET" --base-url "http://127.0.0.1:$PORT" --concurrency 64 --output "$OUT_DIR/$1"
+        ${extra_args[@]+"${extra_args[@]}"})
 }
 report_cmd=("$PYTHON" -m evaluation.paper_table "$OUT_DIR")
 

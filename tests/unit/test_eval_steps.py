@@ -154,4 +154,4 @@ def test_paper_table_has_both_averages(tmp_path: Path) -> None:
     assert row.startswith("psft/global_step_9")
     assert cells["AIME24"] == "10.0" and cells["AMC23"] == "30.0*" and cells["AIME25"] == "-"
     assert "40.0* (3/6)" in row  # in-domain average over the 3 present, marked incomplete
-    assert row.rstrip().endswith("50.0")  # out-of-domain average of 40 and 60
+    assert row.rstrip().endswith("50.0 (2/7)")  # out-of-domain average of 40 and 60, 2 of the 7 present

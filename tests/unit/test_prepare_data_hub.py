@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from benchmark_rows import BENCH_ROWS, SHUFFLED_CORRECT
 from time_limits import limit
 
 import prepare_data
 from prepare import hub
+from prepare.collect import benchmark_prompt
 from prepare.records import SYSTEM_PROMPT, DataError, messages_of, to_row, validate
 from recipe.psft.exit_codes import SOURCE_UNAVAILABLE
 from recipe.psft.rows import read_records
@@ -39,81 +41,6 @@ OPENR1_ROWS = [
     }
     for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 6)])
 ]
-BENCH_ROWS = {
-    "aime24": [{"id": 60, "problem": "Find x.", "solution": "...", "answer": "204", "url": "u", "year": "2024"}],
-    "aime25": [{"problem": "Find y.", "answer": "70", "id": "0"}],
-    # math-ai/amc23: id, question, answer (a float), url
-    "amc23": [
-        {"id": 0, "question": "Find z.", "answer": 142.0, "url": "u"},
-        {"id": 1, "question": "Half?", "answer": 0.5, "url": "u"},
-    ],
-    "math500": [
-        {
-            "problem": "Compute 1+1.",
-            "solution": "2",
-            "answer": "\\frac{1}{2}",
-            "subject": "A",
-            "level": 1,
-            "unique_id": "t/1.json",
-        }
-    ],
-    "minerva": [{"question": "Speed of light?", "answer": "3e8"}],
-    # Hothan/OlympiadBench [OE_TO_maths_en_COMP]: final_answer is a list (one entry per part of the answer)
-    "olympiadbench": [
-        {
-            "id": 1606,
-            "question": "Find all pairs (x, y) with x + y = 1+1.",
-            "solution": ["..."],
-            "final_answer": ["$(1,1)$", "$(0,2)$"],
-            "context": None,
-            "image_1": None,
-            "modality": "Text-only",
-            "difficulty": "Competition",
-            "is_multiple_answer": True,
-            "unit": None,
-            "answer_type": "Tuple",
-            "error": None,
-            "question_type": "Open-ended",
-            "subfield": "Algebra",
-            "subject": "Math",
-            "language": "English",
-        },
-        {"id": 1607, "question": "Compute 2+2.", "solution": ["4"], "final_answer": ["$4$"], "unit": None},
-    ],
-    # Idavidrein/gpqa [gpqa_diamond]: the correct answer always in its own column, three wrong ones
-    "gpqa_diamond": [
-        {
-            "Pre-Revision Question": "...",
-            "Question": "Which particle is a lepton?",
-            "Correct Answer": "electron",
-            "Incorrect Answer 1": "proton",
-            "Incorrect Answer 2": "neutron",
-            "Incorrect Answer 3": "pion",
-            "Explanation": "...",
-            "Subdomain": "Physics",
-        },
-        {
-            "Question": "Which is a noble gas?",
-            "Correct Answer": "argon",
-            "Incorrect Answer 1": "oxygen",
-            "Incorrect Answer 2": "iron",
-            "Incorrect Answer 3": "sodium",
-        },
-    ],
-    # TIGER-Lab/MMLU-Pro: options (up to 10, published order), answer letter and its index
-    "mmlu_pro": [
-        {
-            "question_id": 70,
-            "question": "What is 2 * 3 in light?",
-            "options": ["5", "6", "7", "8"],
-            "answer": "B",
-            "answer_index": 1,
-            "cot_content": "",
-            "category": "math",
-            "src": "ori_mmlu-high_school_mathematics",
-        }
-    ],
-}
 
 
 def offline_run(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -178,10 +105,18 @@ def test_benchmark_conversion(name: str) -> None:
     hub.check_layout(BENCH_ROWS[name], bench.repo, bench.required_columns())
     example = hub.benchmark_example(bench, BENCH_ROWS[name][0], 1)
     assert validate(example, "test") == []
-    row = to_row(example, messages_of(example, SYSTEM_PROMPT), "test", 0)
+    row = to_row(example, messages_of(example, benchmark_prompt(bench, None)), "test", 0)
     assert row["data_source"] == name and row["demonstration"] == ""
-    user = row["prompt"][1]["content"]
-    assert row["prompt"][0]["content"] == SYSTEM_PROMPT
+    user = row["prompt"][-1]["content"]
+    if name == "ifeval":  # the instruction as released, no system turn; the gold is the checkers' input
+        assert row["prompt"] == [{"role": "user", "content": BENCH_ROWS["ifeval"][0]["prompt"]}]
+        assert json.loads(row["reward_model"]["ground_truth"]) == {
+            "grader": "ifeval",
+            "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+            "kwargs": [{}, {"num_words": 300, "relation": "at least"}],
+        }
+        return
+    assert row["prompt"][0]["content"] == SYSTEM_PROMPT and len(row["prompt"]) == 2
     expected = {
         "aime24": "204",
         "aime25": "70",
@@ -192,26 +127,45 @@ def test_benchmark_conversion(name: str) -> None:
         "mmlu_pro": "B",
     }
     gold = row["reward_model"]["ground_truth"]
-    if name == "gpqa_diamond":
+    if name in SHUFFLED_CORRECT:
         # The correct option sits where the seeded shuffle put it, and the gold letter points at it.
-        assert gold in "ABCD" and f"{gold}) electron" in user
-        assert sorted(line[3:] for line in user.splitlines() if line[1:3] == ") ") == sorted(
-            ["electron", "proton", "neutron", "pion"]
-        )
+        options = [line[3:] for line in user.splitlines() if line[1:3] == ") "]
+        assert gold in "ABCDE"[: len(options)] and f"{gold}) {SHUFFLED_CORRECT[name]}" in user
+        assert len(options) == len(set(options)) >= 3
     else:
         assert gold == expected[name]
     if bench.kind == "choice":
-        assert user.endswith("Answer with the letter of the correct option (A-D).")
+        last = "ABCDEFGHIJ"[len([line for line in user.splitlines() if line[1:3] == ") "]) - 1]
+        assert user.endswith(f"Answer with the letter of the correct option (A-{last}).")
     else:
         assert user.endswith(("x.", "y.", "z.", "1+1.", "light?"))
 
 
 def test_benchmark_suite_definitions() -> None:
-    """The paper's suite: six in-domain maths sets, two out-of-domain multiple-choice sets."""
+    """The paper's suite (arXiv v2): six in-domain maths sets, seven out-of-domain sets in the paper's order."""
     assert hub.IN_DOMAIN == ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
-    assert hub.OUT_OF_DOMAIN == ("gpqa_diamond", "mmlu_pro")
+    assert hub.OUT_OF_DOMAIN == (
+        "gpqa_diamond",
+        "arc_challenge",
+        "truthfulqa",
+        "ifeval",
+        "mmlu_pro",
+        "supergpqa",
+        "headqa",
+    )
+    counts = {n: b.problems for n, b in hub.BENCHMARKS.items() if b.domain == "out"}
+    assert counts == {
+        "gpqa_diamond": 198,
+        "arc_challenge": 1172,
+        "truthfulqa": 817,
+        "ifeval": 541,
+        "mmlu_pro": 12032,
+        "supergpqa": 26529,
+        "headqa": 2742,
+    }
     assert hub.BENCHMARKS["amc23"].problems == 40 and hub.BENCHMARKS["olympiadbench"].problems == 675
-    assert all(b.kind == "choice" for b in hub.BENCHMARKS.values() if b.domain == "out")
+    assert all(b.kind == "choice" for b in hub.BENCHMARKS.values() if b.domain == "out" and b.name != "ifeval")
+    assert prepare_data.parse_benchmarks("all") == list(hub.BENCHMARKS)
 
 
 def test_gpqa_shuffle_is_reproducible_and_spreads_the_answer() -> None:
@@ -258,7 +212,7 @@ def test_openr1_and_benchmarks_end_to_end_with_a_local_sample(tmp_path: Path, mo
     """The whole --source openr1 path (hold-out, benchmarks, card) with the Hub download replaced by samples."""
     calls = []
 
-    def fake_load(repo: str, split: str, config: str | None = None) -> list[dict]:
+    def fake_load(repo: str, split: str, config: str | None = None, drop_columns=(), **kwargs: str) -> list[dict]:
         calls.append((repo, split))
         if repo == hub.OPENR1_REPO:
             return [dict(r) for r in OPENR1_ROWS] + [dict(OPENR1_ROWS[0])]  # one duplicate

@@ -13,6 +13,9 @@ import pytest
 import yaml
 from trainer_harness import REPO
 
+from evaluation.paper_table import IN_DOMAIN, OUT_OF_DOMAIN
+from prepare import hub
+
 SCRIPTS = REPO / "scripts"
 VENV_BIN = Path(sys.executable).parent
 
@@ -209,7 +212,8 @@ def test_plot_tool_rejects_a_bad_log_line(tmp_path):
 
 
 def test_eval_script_serves_then_runs_the_papers_benchmarks():
-    """Both suites at the paper's n and sampling; names from the checkpoint path, never its basename."""
+    """The paper's whole suite (6 in-domain, 7 out-of-domain) with --preset paper, which pins n and sampling
+    per benchmark (tests/unit/test_eval_presets.py); names from the checkpoint path, never its basename."""
     proc = subprocess.run(
         ["bash", str(SCRIPTS / "eval.sh"), "/ckpt/psft-qwen/global_step_40/huggingface", "--dry-run"],
         env={**os.environ, "PYTHON": sys.executable, "DATA_DIR": "/data", "PORT": "8123"},
@@ -222,24 +226,15 @@ def test_eval_script_serves_then_runs_the_papers_benchmarks():
     serve = shlex.split(lines[0].rstrip("&"))
     assert serve[1:4] == ["run", "evaluation.serve_app:build_app", "model=/ckpt/psft-qwen/global_step_40/huggingface"]
     assert "port=8123" in serve and "served-model-name=psft-qwen/global_step_40" in serve
-    samples = {}
+    benchmarks = []
     for line in lines[1:-1]:
         argv = shlex.split(line)
         assert argv[:3] == [sys.executable, "-m", "evaluation.eval"]
         option = dict(zip(argv[3::2], argv[4::2]))
-        assert (option["--temperature"], option["--top_p"], option["--max_tokens"]) == ("0.7", "0.95", "10240")
+        assert option["--preset"] == "paper" and not {"--n", "--temperature", "--top_p", "--max_tokens"} & set(option)
         assert option["--model"] == "psft-qwen/global_step_40" and option["--base-url"] == "http://127.0.0.1:8123"
         assert option["--model-path"] == "/ckpt/psft-qwen/global_step_40/huggingface"
         assert "/outputs/eval/psft-qwen/global_step_40/" in option["--output"]
-        samples[Path(option["--test_file"]).stem] = int(option["--n"])
-    assert samples == {
-        "test_aime24": 32,
-        "test_aime25": 32,
-        "test_amc23": 32,
-        "test_math500": 8,
-        "test_minerva": 8,
-        "test_olympiadbench": 8,
-        "test_gpqa_diamond": 8,
-        "test_mmlu_pro": 1,
-    }
+        benchmarks.append(Path(option["--test_file"]).stem.removeprefix("test_"))
+    assert benchmarks == list(hub.IN_DOMAIN + hub.OUT_OF_DOMAIN) == [n for n, _ in IN_DOMAIN + OUT_OF_DOMAIN]
     assert shlex.split(lines[-1])[1:3] == ["-m", "evaluation.paper_table"]
