@@ -36,6 +36,14 @@ class Method:
     name: str
     loss_mode: str  # a TokenLoss mode of recipe/psft/losses.py
     refresh: int = 1  # k: optimizer updates per snapshot (1: the ratio is always 1)
+    # "step": a fresh snapshot per k updates (the trainer's default); "initial": the ratio is taken
+    # against the pretrained model for the whole run (the recipe's psft.snapshot=initial, never refreshed).
+    snapshot: str = "step"
+    clip_ratio_high: float | None = None  # None: FinetuneConfig's; inf: no clip (psft.clip_ratio_high=inf)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss_mode in REFERENCE_MODES or (self.loss_mode == "psft" and self.snapshot == "initial")
 
 
 METHODS: dict[str, Method] = {
@@ -121,7 +129,10 @@ def train_step(
     one optimizer update per mini-batch of ``cfg.mini_batch`` rows, in order. Yields each update's
     loss metrics (after the update)."""
     snapshot = reference_lp = None
-    if method.loss_mode == "psft" and len(step_batch.input_ids) > cfg.mini_batch:
+    if method.loss_mode == "psft" and method.snapshot == "initial":
+        with torch.no_grad():
+            snapshot, _ = padded_log_probs(reference, step_batch)
+    elif method.loss_mode == "psft" and len(step_batch.input_ids) > cfg.mini_batch:
         with torch.no_grad():
             snapshot, _ = padded_log_probs(model, step_batch)
     if method.loss_mode in REFERENCE_MODES:
@@ -158,7 +169,8 @@ def finetune(
     encoded = [tokenizer.encode(e) for e in train]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, cfg.warmup)))
-    loss_fn = TokenLoss(method.loss_mode, cfg.clip_ratio_low, cfg.clip_ratio_high)
+    clip_high = cfg.clip_ratio_high if method.clip_ratio_high is None else method.clip_ratio_high
+    loss_fn = TokenLoss(method.loss_mode, cfg.clip_ratio_low, clip_high)
     generator = torch.Generator().manual_seed(seed)
     step_rows = method.refresh * cfg.mini_batch
     if cfg.train_size % step_rows:

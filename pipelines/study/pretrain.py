@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("PSFT_CACHE", Path.home() / ".cache" / "psft")).expanduser() / "study"
 
 
+def environment() -> dict[str, object]:
+    """What decides the pretrained weights besides the settings: same settings and seed give the same
+    weights bit for bit on one machine (``tests/unit/test_study_stats.py`` checks it), but the float
+    rounding of CPU kernels (oneDNN / MKL pick different vector code per CPU model, and split reductions
+    by thread count) differs between machines; over 1,500 updates those differences grow into a
+    different model. Stored with every pretrained model and printed in the reports."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def family_accuracy(model, tokenizer: CharTokenizer, per_family: int) -> dict[str, float]:
     """Greedy accuracy on each family's held-out problems (any style counts)."""
     model.eval()
@@ -68,6 +91,16 @@ def pretrain(size: ModelSize, cfg: PretrainConfig, log=print) -> Path:
     out = cache_root() / f"pretrained-{cfg.key(size)}"
     if (out / "pretrain.json").is_file():
         return out
+    # Deterministic kernels: same settings, seed, machine and thread count -> the same weights.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _pretrain(size, cfg, out, log)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _pretrain(size: ModelSize, cfg: PretrainConfig, out: Path, log) -> Path:
     tokenizer = CharTokenizer()
     model = build_model(size, tokenizer, seed=cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
@@ -105,6 +138,7 @@ def pretrain(size: ModelSize, cfg: PretrainConfig, log=print) -> Path:
     model.save_pretrained(str(partial), safe_serialization=True)
     tokenizer.save_hf(partial)
     info = {"size": asdict(size), "config": asdict(cfg), "train_time_s": train_time, "accuracy": accuracy}
+    info["environment"] = environment()
     info["curve"] = curve
     (partial / "pretrain.json").write_text(json.dumps(info, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)

@@ -1,9 +1,11 @@
 """The study's driver: pretrain (cached), fine-tune the grid resumably, write the report.
 
     python -m pipelines.study [--quick] [--out DIR] [--methods sft,psft_k4] [--lrs 1e-3,3e-3] [--seeds 0,1,2]
+                              [--pretrain-seeds 0,1,2]
 
 Each fine-tuning run's result is written to ``OUT/runs/<method>-lr<lr>-seed<seed>.json`` as soon as
-it finishes (written to a temporary file and renamed, so a killed run leaves nothing half-written); a
+it finishes (``-p<pretraining seed>`` appended for pretraining seeds other than 0; written to a
+temporary file and renamed, so a killed run leaves nothing half-written); a
 rerun skips every run whose file exists with the same settings, then rewrites the report from all runs.
 Runs go seed by seed, so an interrupted study still covers every method and learning rate.
 """
@@ -23,7 +25,7 @@ import torch
 
 from recipe.psft.files import atomic_write
 
-from .finetune import METHODS, REFERENCE_MODES, EvalSets, FinetuneConfig, finetune, measure
+from .finetune import METHODS, EvalSets, FinetuneConfig, finetune, measure
 from .model import CharTokenizer, ModelSize
 from .pretrain import PretrainConfig, load_pretrained, pretrain
 from .report import write_report
@@ -34,6 +36,9 @@ class StudyConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # Pretrained models (pretraining seeds): the spread between them is larger than the effects read at
+    # one model (issue 19), so readings over several are reported with both spreads.
+    pretrain_seeds: tuple[int, ...] = (0,)
     size: ModelSize = field(default_factory=ModelSize)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -51,8 +56,8 @@ def quick_config() -> StudyConfig:
     )
 
 
-def run_name(method: str, lr: float, seed: int) -> str:
-    return f"{method}-lr{lr:g}-seed{seed}"
+def run_name(method: str, lr: float, seed: int, pretrain_seed: int = 0) -> str:
+    return f"{method}-lr{lr:g}-seed{seed}" + (f"-p{pretrain_seed}" if pretrain_seed else "")
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -71,20 +76,23 @@ class Job:
     base_eval: dict
     path: Path
     threads: int = 1
+    pretrain_seed: int = 0
 
     def run(self) -> str:
         torch.set_num_threads(self.threads)
         model = load_pretrained(self.folder)
-        reference = load_pretrained(self.folder) if METHODS[self.method].loss_mode in REFERENCE_MODES else None
+        reference = load_pretrained(self.folder) if METHODS[self.method].needs_reference else None
         result = finetune(
             model, CharTokenizer(), METHODS[self.method], self.lr, self.seed, self.finetune,
             EvalSets.build(self.finetune), self.base_eval, reference,
         )
         result["model"] = self.folder.name
+        result["pretrain_seed"] = self.pretrain_seed
         _write_json(self.path, result)
         last = result["curve"][-1]
         return (
-            f"{run_name(self.method, self.lr, self.seed)}: {result['wall_s']:.1f} s, acc id {last['acc_id']:.2f} "
+            f"{run_name(self.method, self.lr, self.seed, self.pretrain_seed)}: {result['wall_s']:.1f} s, "
+            f"acc id {last['acc_id']:.2f} "
             f"ood {last['acc_ood']:.2f}, entropy id {last['entropy_id']:.3f} ood {last['entropy_ood']:.3f}"
         )
 
@@ -96,33 +104,34 @@ def run_study(cfg: StudyConfig, out: Path, workers: int = 2, log=print, report_o
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     started = time.perf_counter()
-    folder = pretrain(cfg.size, cfg.pretrain, log=log)
-    pretrain_info = json.loads((folder / "pretrain.json").read_text())
-    log(f"pretrained model: {folder}")
     tokenizer = CharTokenizer()
     sets = EvalSets.build(cfg.finetune)
-    base = load_pretrained(folder)
+    folders, infos, base_evals = {}, {}, {}
+    for p in cfg.pretrain_seeds:
+        folder = pretrain(cfg.size, replace(cfg.pretrain, seed=p), log=log)
+        folders[p], infos[p] = folder, json.loads((folder / "pretrain.json").read_text())
+        log(f"pretrained model (seed {p}): {folder}")
+        # The pretrained model's measurements are every run's first point: measure once, keep them.
+        base_key = {"model": folder.name, "finetune": asdict(cfg.finetune)}
+        base_path = out / ("pretrained_eval.json" if p == 0 else f"pretrained_eval-p{p}.json")
+        cached = json.loads(base_path.read_text()) if base_path.is_file() else {}
+        if cached.get("key") != base_key:
+            cached = {"key": base_key, "eval": measure(load_pretrained(folder), tokenizer, sets)}
+            _write_json(base_path, cached)
+        base_evals[p] = cached["eval"]
 
-    # The pretrained model's measurements are every run's first point: measure once, keep them.
-    base_key = {"model": folder.name, "finetune": asdict(cfg.finetune)}
-    base_path = out / "pretrained_eval.json"
-    cached = json.loads(base_path.read_text()) if base_path.is_file() else {}
-    if cached.get("key") != base_key:
-        cached = {"key": base_key, "eval": measure(base, tokenizer, sets)}
-        _write_json(base_path, cached)
-    base_eval = cached["eval"]
-
-    settings = {"model": folder.name, **asdict(cfg)}
+    settings = {"model": [f.name for f in folders.values()], **asdict(cfg)}
     jobs = []
     for seed in cfg.seeds:
-        for lr in cfg.lrs:
-            for name in cfg.methods:
-                path = out / "runs" / f"{run_name(name, lr, seed)}.json"
-                if path.is_file():
-                    done = json.loads(path.read_text())
-                    if done.get("model") == folder.name and done.get("config") == asdict(cfg.finetune):
-                        continue
-                jobs.append(Job(folder, name, lr, seed, cfg.finetune, base_eval, path))
+        for p, folder in folders.items():
+            for lr in cfg.lrs:
+                for name in cfg.methods:
+                    path = out / "runs" / f"{run_name(name, lr, seed, p)}.json"
+                    if path.is_file():
+                        done = json.loads(path.read_text())
+                        if done.get("model") == folder.name and done.get("config") == asdict(cfg.finetune):
+                            continue
+                    jobs.append(Job(folder, name, lr, seed, cfg.finetune, base_evals[p], path, pretrain_seed=p))
     log(f"{len(jobs)} fine-tuning runs to do ({workers} in parallel)")
     if report_only:
         log("--report-only: writing the report from the runs already done")
@@ -137,9 +146,12 @@ def run_study(cfg: StudyConfig, out: Path, workers: int = 2, log=print, report_o
             for line in pool.map(Job.run, jobs):
                 log(line)
     # Only the runs of this grid go into the report (an output folder may hold others).
-    wanted = {f"{run_name(m, lr, s)}.json" for m in cfg.methods for lr in cfg.lrs for s in cfg.seeds}
+    wanted = {
+        f"{run_name(m, lr, s, p)}.json"
+        for m in cfg.methods for lr in cfg.lrs for s in cfg.seeds for p in cfg.pretrain_seeds
+    }
     wall = time.perf_counter() - started
-    report = write_report(out, settings, pretrain_info, base_eval, wall, wanted)
+    report = write_report(out, settings, infos, base_evals, wall, wanted)
     log(f"report: {report} ({wall:.0f} s)")
     return report
 
@@ -156,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {list(METHODS)}")
     parser.add_argument("--lrs", default=None, help="comma-separated learning rates")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
+    parser.add_argument("--pretrain-seeds", default=None,
+                        help="comma-separated pretraining seeds (default 0: one pretrained model)")
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch threads for pretraining (default 1: on a shared machine OpenMP threads that wait for "
@@ -171,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, lrs=_floats(args.lrs))
     if args.seeds:
         cfg = replace(cfg, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.pretrain_seeds:
+        cfg = replace(cfg, pretrain_seeds=tuple(int(s) for s in args.pretrain_seeds.split(",")))
     torch.set_num_threads(args.threads)
     out = args.out or Path("outputs") / ("study-quick" if args.quick else "study")
     run_study(cfg, out, workers=args.workers, report_only=args.report_only)

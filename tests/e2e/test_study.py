@@ -1,6 +1,6 @@
 """The toy-world study: the --quick study end to end and its resume; the light loop against the real
-trainer on one configuration (same losses). Default tier: the light loop against the trainer; slow: the
---quick study."""
+trainer on one configuration (same losses); the learning-rate-vs-trust-region study at smoke size.
+Default tier: the light loop against the trainer; slow: both --quick studies."""
 
 from __future__ import annotations
 
@@ -69,3 +69,31 @@ def test_light_loop_gives_the_trainers_losses(tmp_path):
     for trainer, loop in zip(result["trainer"], result["loop"], strict=True):
         for key in ("nll", "objective", "clip_frac"):
             assert loop[key] == pytest.approx(trainer[key], abs=2e-4, rel=1e-4), (key, trainer, loop)
+
+
+@pytest.mark.slow
+def test_quick_lr_study_runs_and_reports(tmp_path):
+    """The learning-rate-vs-trust-region study at smoke size: 2 pretrained models x 2 seeds x 4 conditions,
+    the report with its table, readings and figures; the never-refreshed snapshot clips, SFT never does."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    env = {**os.environ, "PSFT_CACHE": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.study.lr_study", "--quick", "--out", str(out), "--workers", "1"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "16 fine-tuning runs to do" in done.stdout
+    runs = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert len(runs) == 16 and "psft_never_lo-p1-s1.json" in runs
+    sft = json.loads((out / "runs" / "sft_1x_hi-p0-s0.json").read_text())
+    psft = json.loads((out / "runs" / "psft_k8_lo-p0-s0.json").read_text())
+    assert sft["config"]["mini_batch"] == 8 * psft["config"]["mini_batch"]  # 1 update per step against 8
+    assert psft["lr"] == pytest.approx(sft["lr"] / 20)
+    never = json.loads((out / "runs" / "psft_never_lo-p0-s0.json").read_text())
+    assert max(p["train_clip_frac"] for p in never["curve"][1:]) > 0.0
+    assert all(p["train_clip_frac"] == 0.0 for p in sft["curve"][1:])
+    report = (out / "lr_vs_trust_region.md").read_text()
+    assert "| psft_k8_lo | 5e-05 |" in report and "(b " in report and "Rule:" in report
+    assert "where does the gap come from?" in report
+    for name in ("outcomes", "entropy", "ood", "clip"):
+        assert (out / f"lr_vs_trust_region_{name}.png").stat().st_size > 5000
