@@ -49,7 +49,8 @@ class Benchmark:
     problems: int = 0
     extra_keys: tuple[str, ...] = ()  # further columns the conversion needs (e.g. the wrong options)
     # Where the Hub copy is not the repository's main branch at its root (HEAD-QA: the Hub's parquet
-    # conversion, one folder per language), and columns not to download or decode (HEAD-QA's images).
+    # conversion, one folder per language), and columns dropped before the rows are read (HEAD-QA's
+    # images, which are downloaded with the parquet file but never decoded).
     revision: str | None = None
     data_dir: str | None = None
     drop_columns: tuple[str, ...] = ()
