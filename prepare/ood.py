@@ -117,6 +117,9 @@ def headqa(bench: Benchmark, row: dict[str, Any], number: int) -> Example:
     if question is None:
         return _unusable(bench, number, "qtext", "question is missing or empty")
     answers = _plain(row.get("answers"))
+    if isinstance(answers, dict) and isinstance(answers.get("aid"), list):
+        # the same column as a struct of lists (how datasets stores a Sequence of structs): pair them up
+        answers = [{"aid": a, "atext": t} for a, t in zip(answers["aid"], _plain(answers.get("atext")) or [])]
     if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
         return _unusable(bench, number, "answers", f"expected a list of {{'aid', 'atext'}}, got {answers!r:.200}")
     answers = sorted(answers, key=lambda a: int(a.get("aid") or 0))

@@ -71,6 +71,15 @@ def test_ifeval_gold_is_the_same_from_googles_jsonl_and_the_hubs_parquet() -> No
     assert parse_ground_truth(ood.ifeval_gold(hub_row)).kwargs == ({}, {"relation": "at least", "num_words": 300})
 
 
+def test_headqa_answers_as_a_struct_of_lists_give_the_same_row() -> None:
+    """datasets may hand a list of {aid, atext} back as {aid: [...], atext: [...]}: the same prompt and gold."""
+    bench, row = hub.BENCHMARKS["headqa"], BENCH_ROWS["headqa"][0]
+    answers = row["answers"]
+    columns = dict(row, answers={"aid": [a["aid"] for a in answers], "atext": [a["atext"] for a in answers]})
+    first, second = hub.benchmark_example(bench, row, 1), hub.benchmark_example(bench, columns, 1)
+    assert (first.prompt, first.answer) == (second.prompt, second.answer) and validate(second, "test") == []
+
+
 def _write(path: Path, rows: list[dict]) -> Path:
     """A local copy in the Hub's layout, as parquet, JSONL or JSON by the suffix."""
     if path.suffix == ".parquet":
