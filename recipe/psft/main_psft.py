@@ -5,7 +5,7 @@ Before Ray starts: the config is validated, the checkpoint to resume is chosen a
 identity compared with this config, and the training data is tokenised and checked.
 
 Exit codes are listed in :mod:`recipe.psft.exit_codes` (0 done, 2 bad input or changed run, 3 diverged,
-4 checkpoint problem, 5 lost worker/node, 130/143 stopped by SIGINT/SIGTERM after checkpointing).
+4 checkpoint problem, 5 lost worker/node, 130/143/138 stopped by SIGINT/SIGTERM/SIGUSR1 after checkpointing).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .exit_codes import BAD_INPUT, RunStopped
-from .preemption import PreemptionGuard
+from .preemption import PreemptionGuard, tolerate_broken_pipes
 
 # What a run needs (verl, torch, Ray: seconds of imports) is imported when the run starts, so that
 # `--help` and `--cfg job` print without it.
@@ -59,4 +59,5 @@ def main(config: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    tolerate_broken_pipes()  # before Hydra's logging binds sys.stdout: a closed `| tee` ends no run
     main()

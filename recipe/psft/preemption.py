@@ -1,21 +1,31 @@
-"""Graceful stop on SIGTERM / SIGINT: finish the step in progress, checkpoint it, exit 143 / 130.
+"""Graceful stop on SIGTERM / SIGINT / SIGUSR1: finish the step in progress, checkpoint it, exit 128 + the signal.
 
-Schedulers (SLURM, Kubernetes, ``ray job stop``) send SIGTERM before killing a job; Ctrl-C sends
-SIGINT. The first signal only sets a flag: the training loop finishes the step it is in, saves a
-checkpoint of it and raises :class:`~recipe.psft.exit_codes.Preempted`. A second signal ends the
-process at once (also while the driver waits inside a blocking ``ray.get``), with the same exit code
-and without a checkpoint of the step in progress.
+Schedulers (SLURM, Kubernetes, ``ray job stop``) send SIGTERM before killing a job; SLURM's
+``--signal=USR1@N`` sends SIGUSR1 as an advance warning; Ctrl-C sends SIGINT. The first signal only
+sets a flag: the training loop finishes the step it is in, saves a checkpoint of it and raises
+:class:`~recipe.psft.exit_codes.Preempted` (exit 143 / 130 / 138). A second signal ends the process at
+once (also while the driver waits inside a blocking ``ray.get``), with the same exit code and without a
+checkpoint of the step in progress.
 
 Ray's own SIGTERM handler (installed by ``ray.init`` for a local instance) kills the local Ray
 processes and exits 1 at once; :meth:`PreemptionGuard.install` must therefore run again after Ray
-starts. Ray's worker processes block SIGINT, so Ctrl-C reaches only the driver.
+starts. Schedulers signal more than the driver (a process group, a process tree, SLURM's whole job):
+the local Ray processes block these signals (``ray_local.start_local_ray``), as Ray's own processes
+block SIGINT, so only the driver acts on them.
+
+A stop must also survive a broken console: Ctrl-C under ``| tee`` kills tee too, after which every
+write to stdout/stderr fails with EPIPE. :func:`tolerate_broken_pipes` sends such output to /dev/null
+instead of raising, so the step still finishes and is saved.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -24,7 +34,10 @@ from typing import Any
 
 from .exit_codes import signal_exit_code
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR1: SLURM's --signal=USR1@N (the checkpoint idiom), N seconds before the time limit.
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# What a local Ray instance of the trainer blocks (Ray itself already blocks SIGINT in its processes).
+SHIELDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class PreemptionGuard:
@@ -95,19 +108,29 @@ class PreemptionGuard:
                     self._arrived(signum)
 
     def _arrived(self, signum: int) -> None:
+        # State first, output second: a console that is gone (Ctrl-C under `| tee`) must neither lose
+        # the request nor kill this thread, which is what makes a second signal exit at once.
         name = signal.Signals(signum).name
         self._count += 1
         if self._count > 1:
-            print(f"[psft] {name} again: exiting now without saving the step in progress", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(signal_exit_code(signum))
+            try:
+                print(f"[psft] {name} again: exiting now without saving the step in progress", file=sys.stderr)
+                sys.stderr.flush()
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+            finally:
+                os._exit(signal_exit_code(signum))
         self.signum, self.received_at = signum, time.monotonic()
-        print(
-            f"[psft] {name} received: finishing the current step, saving a checkpoint of it, then exiting with "
-            f"code {signal_exit_code(signum)}. Send {name} again to exit at once without saving.",
-            file=sys.stderr,
-            flush=True,
-        )
+        try:
+            print(
+                f"[psft] {name} received: finishing the current step, saving a checkpoint of it, then exiting "
+                f"with code {signal_exit_code(signum)}. Send {name} again to exit at once without saving.",
+                file=sys.stderr,
+                flush=True,
+            )
+        except (OSError, ValueError):
+            pass
 
     def __enter__(self) -> PreemptionGuard:
         self.install()
@@ -115,3 +138,87 @@ class PreemptionGuard:
 
     def __exit__(self, *exc: object) -> None:
         self.uninstall()
+
+
+class _TolerantWriter(io.RawIOBase):
+    """A file descriptor that turns EPIPE into /dev/null: the reader (tee, a terminal pipe) is gone,
+    so the output has nowhere to go, and failing the write would end the run instead."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data: Any) -> int:
+        try:
+            return os.write(self._fd, data)
+        except BrokenPipeError:
+            _discard_output(self._fd)
+            return len(data)
+
+
+def _discard_output(fd: int) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _watch_pipes(fds: list[int]) -> None:
+    """Wait until the reader of a stdout/stderr pipe is gone (the kernel flags the write end with
+    POLLERR), then point the descriptor at /dev/null, so that writers that bypass sys.stdout/sys.stderr
+    (objects bound before :func:`tolerate_broken_pipes`, C extensions) stop failing as well."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, 0)  # no events asked for: only POLLERR / POLLHUP are reported
+    while fds:
+        for fd, _ in poller.poll():
+            poller.unregister(fd)
+            fds.remove(fd)
+            _discard_output(fd)
+
+
+_tolerating = False
+
+
+def tolerate_broken_pipes() -> None:
+    """Make stdout and stderr never raise BrokenPipeError: once the reader of either is gone, its output
+    goes to /dev/null. Call before libraries bind ``sys.stdout``/``sys.stderr`` (logging handlers).
+
+    Python ignores SIGPIPE, so a write to a pipe without a reader raises BrokenPipeError: from a print in
+    the training loop that ends the run with exit 1 and no checkpoint, and a failed flush at exit turns
+    any exit code into 120. The files (file log, checkpoints) are the run's record; the console is not.
+    """
+    global _tolerating
+    if _tolerating:
+        return
+    _tolerating = True
+    pipes = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # pytest's capture, an in-memory stream
+            continue
+        stream.flush()
+        tolerant = io.TextIOWrapper(
+            io.BufferedWriter(_TolerantWriter(fd)),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering,
+            write_through=getattr(stream, "write_through", False),
+        )
+        setattr(sys, name, tolerant)
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fd not in pipes:
+            pipes.append(fd)
+    if pipes:
+        threading.Thread(target=_watch_pipes, args=(pipes,), name="psft-broken-pipe", daemon=True).start()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,125 @@ def test_submit_job_refuses_secrets_in_the_runtime_env():
     )
     assert proc.returncode != 0
     assert "WANDB_API_KEY, which looks like a secret" in proc.stderr and "s3cr3t" not in proc.stdout + proc.stderr
+
+
+def submit_job_runtime_env(**env: str) -> dict:
+    command = dry_run("submit_job.sh", "model.path=/m", RAY_ADDRESS="http://127.0.0.1:1", **env)
+    env_file = Path(command[command.index("--runtime-env") + 1])
+    try:
+        return json.loads(env_file.read_text())
+    finally:
+        env_file.unlink()
+
+
+def test_submit_job_gives_ray_job_stop_time_for_a_step_and_a_save():
+    """`ray job stop` SIGKILLs RAY_JOB_STOP_WAIT_TIME_S after its SIGTERM (Ray 2.60's job supervisor reads
+    it from the job's runtime env; 3 s without it)."""
+    assert submit_job_runtime_env()["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "900"
+    assert submit_job_runtime_env(JOB_STOP_WAIT_S="2400")["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "2400"
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "submit_job.sh"), "--dry-run", "model.path=/m"],
+        env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:1", "JOB_STOP_WAIT_S": "15m"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "JOB_STOP_WAIT_S='15m': expected a whole number of seconds" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("entry", "value"),
+    [("HTTPS_PROXY", "http://alice:pa55@proxy.example:3128"), ("HF_ENDPOINT", "https://hf_t0ken@mirror.example/")],
+)
+def test_submit_job_refuses_credentials_inside_values(entry, value):
+    for env_vars, extra in ((entry, {entry: value}), (f"{entry}={value}", {})):
+        proc = subprocess.run(
+            ["bash", str(SCRIPTS / "submit_job.sh"), "--dry-run", "model.path=/m"],
+            env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:1", "ENV_VARS": env_vars, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0, proc.stdout
+        assert f"the value of {entry} holds credentials in a URL" in proc.stderr
+        secret = value.split("//")[1].split("@")[0]
+        assert secret not in proc.stdout + proc.stderr
+    # A proxy URL with a port and no credentials goes through.
+    assert submit_job_runtime_env(ENV_VARS="HTTPS_PROXY=http://proxy.example:3128/")["env_vars"]["HTTPS_PROXY"]
+
+
+# A stand-in for the trainer under scripts/sbatch_psft.sh: the real signal guard, a "step" that ends once
+# a stop is requested, then one second of "save" during which a second signal would end it unsaved.
+SBATCH_TRAINER = """
+import signal, sys, time
+from recipe.psft.exit_codes import signal_exit_code
+from recipe.psft.preemption import PreemptionGuard
+guard = PreemptionGuard()
+guard.install()
+print("trainer", "ready", flush=True)  # not the text of this source, which the template echoes
+deadline = time.monotonic() + float(sys.argv[1])
+while not guard.requested and time.monotonic() < deadline:
+    time.sleep(0.02)
+if not guard.requested:
+    sys.exit(0)
+time.sleep(1.0)
+print(f"saved after {signal.Signals(guard.signum).name}", flush=True)
+sys.exit(signal_exit_code(guard.signum))
+"""
+
+
+def run_sbatch_template(tmp_path: Path, fault: str | None) -> tuple[int, str, str]:
+    """scripts/sbatch_psft.sh as SLURM runs it (SLURM_JOB_ID set, `scontrol` on PATH: a stand-in that
+    records its arguments), with the signals SLURM would send: ``usr1`` is --signal=B:USR1@N (the batch
+    shell only); ``term_all`` is scancel / the time limit (every process of the job)."""
+    import psutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    out = tmp_path / "job.out"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "PSFT_ROOT": str(REPO)}
+    env.pop("SLURM_RESTART_COUNT", None)
+    with open(out, "w") as output:
+        proc = subprocess.Popen(
+            ["bash", str(SCRIPTS / "sbatch_psft.sh"), "--", sys.executable, "-c", SBATCH_TRAINER,
+             "30" if fault else "0"],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while "trainer ready" not in out.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+        time.sleep(0.02)
+    if fault == "usr1":
+        os.kill(proc.pid, signal.SIGUSR1)
+    elif fault == "term_all":
+        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+            process.send_signal(signal.SIGTERM)
+    status = proc.wait(timeout=60)
+    return status, out.read_text(), calls.read_text() if calls.exists() else ""
+
+
+def test_sbatch_template_checkpoints_and_requeues_on_the_time_limit_warning(tmp_path):
+    status, output, scontrol = run_sbatch_template(tmp_path, "usr1")
+    assert status == 143, output
+    # One SIGTERM, to the trainer alone: a second would end it before its save.
+    assert "saved after SIGTERM" in output and "SIGTERM again: exiting now" not in output
+    assert scontrol == "requeue 4242\n", output
+
+
+def test_sbatch_template_stops_once_on_scancel_and_does_not_requeue(tmp_path):
+    status, output, scontrol = run_sbatch_template(tmp_path, "term_all")
+    assert status == 143, output
+    # The trainer got SLURM's SIGTERM; the shell forwarded no second one.
+    assert "saved after SIGTERM" in output and "SIGTERM again: exiting now" not in output
+    assert scontrol == "", output
+
+
+def test_sbatch_template_passes_a_finished_runs_code_through(tmp_path):
+    status, output, scontrol = run_sbatch_template(tmp_path, None)
+    assert status == 0 and scontrol == "", output
 
 
 def test_plot_tool_writes_comparison_figures(tmp_path):
