@@ -8,8 +8,10 @@ and ``python -m evaluation.over_training`` (evaluation), ``prepare_data.py`` (da
 - 0 ``OK``: done. Trainer: trained to the configured end, or that end was already reached (nothing to
   do, said so).
 - 2 ``BAD_INPUT``: bad config, data or options (named in the message). Trainer: also a resume whose
-  run-defining settings changed. Evaluation: also an output folder that holds another run, is being
-  written by another process, or has a damaged ``samples.jsonl``. Fix and rerun.
+  run-defining settings changed (also when the run is finished), or a checkpoint folder that another
+  live run holds (``folder_lock.FolderLocked``, naming host, pid and start time). Evaluation: also an
+  output folder that holds another run, is being written by another process, or has a damaged
+  ``samples.jsonl``. Fix and rerun.
 - 3 ``DIVERGED`` (trainer): ``psft.max_nonfinite`` non-finite losses / grad norms (step, update and
   metric named); nothing was saved from it. Lower the lr; rerunning resumes from the last checkpoint.
 - 4 ``CHECKPOINT_FAILED`` (trainer): a save failed (folder and error named; the previous checkpoint

@@ -126,8 +126,13 @@ class FolderLease:
         """Rewrite the lease if it is still ours; mark it lost (and stop renewing) if not."""
         if self.lost:
             return False
-        current, _ = _read(self.path)
-        if current is None or current.get("token") != self.holder["token"]:
+        current, mtime = _read(self.path)
+        if mtime is None:
+            self.lost = f"the lease {self.path} was removed"
+            return False
+        if current is None:  # unreadable for a moment (a network filesystem): try again next time
+            return True
+        if current.get("token") != self.holder["token"]:
             self.lost = f"the lease {self.path} was taken over by {describe(current)}"
             return False
         try:

@@ -17,6 +17,7 @@ from . import folder_lock
 from .checkpoints import (
     ResumePlan,
     check_trusted,
+    drop_shared_write,
     new_lineage,
     read_run_record,
     resolve_resume,
@@ -91,7 +92,10 @@ def prepare_run(config: Any) -> PreparedRun:
     trainer.default_local_dir = str(root)  # every process of the run (and the handler) sees one folder
     allow_shared = bool(psft.get("allow_shared_writable_checkpoints", False))
     check_trusted(root, allow_shared, recursive=False)
+    created = not root.exists()
     lease = folder_lock.acquire(root, float(psft.get("lock_lease_seconds", folder_lock.DEFAULT_LEASE_S)))
+    if created:
+        drop_shared_write(root)  # a umask of 002 must not make the next start refuse its own folder
     plan = resolve_resume(str(root), trainer.get("resume_mode", "auto"), trainer.get("resume_from_path"))
     if plan.path is not None:
         check_trusted(plan.path, allow_shared)
