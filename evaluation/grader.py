@@ -300,12 +300,18 @@ class _Spawner:
 
 
 class _Helper:
-    """One helper process: started, read for readiness, asked one request at a time, killed."""
+    """One helper process: started, read for readiness, asked one request at a time, killed.
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    ``replacement``: started in place of a helper that failed, so its start is charged to the caller's
+    time limit (see :func:`_ask`); a helper that grows the pool gets STARTUP_TIMEOUT_S.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str], replacement: bool = False) -> None:
         self.proc = proc
+        self.replacement = replacement
         self.ready = False  # it has said it is ready (imports done)
         self.ifeval_loaded = False
+        self.load_pending = False  # an ifeval_load request was sent and its answer not yet read
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -340,14 +346,17 @@ class _Helper:
             self.ready = bool(line)
         return self.ready
 
-    def request(self, req: dict[str, Any], deadline: float) -> dict[str, Any] | None:
-        """The helper's reply, or None when it did not answer before ``deadline`` or ended."""
+    def send(self, req: dict[str, Any]) -> bool:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(req) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            return None
+            return False
+        return True
+
+    def reply(self, deadline: float) -> dict[str, Any] | None:
+        """The answer to the request sent last, or None when none came before ``deadline`` or it ended."""
         line = self._read_line(deadline)
         if not line:
             return None
@@ -356,6 +365,29 @@ class _Helper:
         except ValueError:
             return None
         return reply if isinstance(reply, dict) else None
+
+    def request(self, req: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+        return self.reply(deadline) if self.send(req) else None
+
+    def start_ifeval_load(self) -> None:
+        """Ask for the IFEval checkers without waiting (the helper loads them while nobody needs it)."""
+        if not self.ifeval_loaded and not self.load_pending:
+            self.load_pending = self.send({"op": "ifeval_load"})
+
+    def ifeval_ready(self, deadline: float) -> dict[str, Any] | None:
+        """``{"ok": true}`` once the checkers are loaded, ``{"error": why}`` when they cannot be, None when
+        the answer did not come before ``deadline`` (still pending while the helper lives)."""
+        if self.ifeval_loaded:
+            return {"ok": True}
+        self.start_ifeval_load()
+        if not self.load_pending:
+            return None
+        reply = self.reply(deadline)
+        if reply is None:
+            return None
+        self.load_pending = False
+        self.ifeval_loaded = "error" not in reply
+        return reply
 
 
 class _Pool:
@@ -376,10 +408,9 @@ class _Pool:
         self._idle: list[_Helper] = []
         self._all: set[object] = set()  # helpers, and slots held for ones being started
         self._spawner: _Spawner | None = None
-        self.ever_ready = False  # a helper became ready once: a later start is a restart, bounded by the caller
-        self.ifeval_ever_loaded = False
+        self.ever_ready = False  # a helper became ready once: failed ones are replaced at once from then on
 
-    def _spawn(self) -> _Helper:
+    def _spawn(self, replacement: bool = False) -> _Helper:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -387,7 +418,7 @@ class _Pool:
         env[_verify_worker.PARENT_ENV] = str(os.getpid())
         if self._spawner is None:
             self._spawner = _Spawner()
-        helper = _Helper(self._spawner.spawn([sys.executable, "-m", "evaluation._verify_worker"], env))
+        helper = _Helper(self._spawner.spawn([sys.executable, "-m", "evaluation._verify_worker"], env), replacement)
         with self._cond:
             self._all.add(helper)
         return helper
@@ -435,7 +466,9 @@ class _Pool:
             return
         replacement = None
         try:
-            replacement = self._spawn()
+            replacement = self._spawn(replacement=True)
+            if helper.ifeval_loaded or helper.load_pending:
+                replacement.start_ifeval_load()  # read after the ready line, by whoever uses it next
         except OSError:
             pass
         finally:
@@ -510,36 +543,51 @@ atexit.register(_close_pool)
 os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
+def _start(helper: _Helper, pool: _Pool, timeout_s: float, ifeval: bool) -> str | None:
+    """Make ``helper`` ready (with the IFEval checkers when ``ifeval``): None when it is, else why not
+    ("timeout", "crashed"). A replacement for a failed helper has ``timeout_s``, any other STARTUP_TIMEOUT_S
+    (importing SymPy on a cold machine), past which it raises: the environment is broken."""
+    deadline = time.monotonic() + (timeout_s if helper.replacement else STARTUP_TIMEOUT_S)
+    if not helper.wait_ready(deadline):
+        if not helper.replacement:
+            code = helper.proc.poll()
+            why = f"exited with status {code}" if code is not None else f"not ready after {STARTUP_TIMEOUT_S:.0f} s"
+            raise RuntimeError(
+                f"the grader's helper process (python -m evaluation._verify_worker) did not start: {why}"
+            )
+        return "timeout" if helper.alive() else "crashed"
+    pool.ever_ready = True
+    if ifeval:
+        reply = helper.ifeval_ready(deadline)
+        if reply is None:
+            if not helper.replacement and helper.alive():
+                raise IFEvalUnavailable(f"lm-eval's IFEval checkers did not load within {STARTUP_TIMEOUT_S:.0f} s")
+            return "timeout" if helper.alive() else "crashed"
+        if "error" in reply:
+            raise IFEvalUnavailable(reply["error"])
+    helper.replacement = False  # started: an ordinary helper from now on
+    return None
+
+
 def _ask(req: dict[str, Any], timeout_s: float, ifeval: bool = False) -> tuple[dict[str, Any] | None, str | None]:
     """(reply, None), or (None, why no reply: "timeout", "memory" or "crashed").
 
-    Starting a helper (and loading the IFEval checkers into it) is bounded by ``timeout_s`` once a helper
-    has started in this process (by STARTUP_TIMEOUT_S before: importing SymPy on a cold machine), the
-    request by ``timeout_s`` more. A helper still starting when its time is up stays in the pool for the
-    next caller.
+    A helper that replaces one killed by a failure must start (and load the IFEval checkers) within
+    ``timeout_s``; the request has ``timeout_s`` more. A replacement still starting when its time is up
+    stays in the pool for the next caller.
     """
     pool = _pool()
     helper = pool.acquire()
     healthy = False
     try:
-        first = not (pool.ifeval_ever_loaded if ifeval else pool.ever_ready)
-        start_deadline = time.monotonic() + (STARTUP_TIMEOUT_S if first else timeout_s)
-        if not helper.wait_ready(start_deadline):
-            if not pool.ever_ready:
-                raise RuntimeError("the grader's helper process (evaluation._verify_worker) did not start")
-            healthy = helper.alive()  # still starting: kept for the next caller
-            return None, "timeout" if healthy else "crashed"
-        pool.ever_ready = True
-        if ifeval and not helper.ifeval_loaded:
-            reply = helper.request({"op": "ifeval_load"}, start_deadline)
-            if reply is None:
-                if not pool.ifeval_ever_loaded and helper.alive():
-                    raise IFEvalUnavailable(f"lm-eval's IFEval checkers did not load within {STARTUP_TIMEOUT_S:.0f} s")
-                return None, "timeout" if helper.alive() else "crashed"
-            if "error" in reply:
-                healthy = True
-                raise IFEvalUnavailable(reply["error"])
-            helper.ifeval_loaded = pool.ifeval_ever_loaded = True
+        try:
+            failure = _start(helper, pool, timeout_s, ifeval)
+        except IFEvalUnavailable:
+            healthy = helper.alive()
+            raise
+        if failure is not None:
+            healthy = helper.alive()  # still starting (or loading): kept for the next caller
+            return None, failure
         reply = helper.request(req, time.monotonic() + timeout_s)
         if reply is None:
             return None, "timeout" if helper.alive() else "crashed"
@@ -565,20 +613,14 @@ def clear_interrupt() -> None:
 
 def warm_up(timeout_s: float = STARTUP_TIMEOUT_S, ifeval: bool = False) -> None:
     """Start a helper now (with the IFEval checkers loaded when ``ifeval``), so the first graded sample
-    does not pay for it. Raises when it does not start within ``timeout_s``."""
+    does not pay for it. Raises when it does not start within STARTUP_TIMEOUT_S."""
     pool = _pool()
     helper = pool.acquire()
     healthy = False
     try:
-        deadline = time.monotonic() + timeout_s
-        if not helper.wait_ready(deadline):
-            raise RuntimeError("the grader's helper process (evaluation._verify_worker) did not start")
-        pool.ever_ready = True
-        if ifeval and not helper.ifeval_loaded:
-            reply = helper.request({"op": "ifeval_load"}, deadline)
-            if reply is None or "error" in reply:
-                raise IFEvalUnavailable((reply or {}).get("error") or "lm-eval's IFEval checkers did not load")
-            helper.ifeval_loaded = pool.ifeval_ever_loaded = True
+        failure = _start(helper, pool, timeout_s, ifeval)
+        if failure is not None:
+            raise RuntimeError(f"the grader's helper process did not start ({failure})")
         healthy = True
     finally:
         pool.release(helper, healthy)
@@ -608,11 +650,11 @@ def grade(response: str | None, ground_truth: str, timeout_s: float = DEFAULT_TI
     answer is extracted and compared.
 
     Returns within ``2 * timeout_s`` once it has a helper (measured up to 1 MB; extraction is linear): at
-    most ``timeout_s`` to restart a helper killed by an earlier timeout plus ``timeout_s`` for the check.
-    The very first helper start in a process is the exception (see :func:`warm_up`), and callers beyond
-    the pool's bound wait for a free helper first. A check that hits a limit is graded incorrect with
-    ``failure`` saying which. Raises DataError for a malformed IFEval ground truth, IFEvalUnavailable when
-    IFEval's checkers are not installed.
+    most ``timeout_s`` for the replacement of a helper killed by an earlier failure to start, plus
+    ``timeout_s`` for the check. The exceptions: a helper that grows the pool may take STARTUP_TIMEOUT_S
+    to start (see :func:`warm_up`), and callers beyond the pool's bound wait for a free helper first. A
+    check that hits a limit is graded incorrect with ``failure`` saying which. Raises DataError for a
+    malformed IFEval ground truth, IFEvalUnavailable when IFEval's checkers are not installed.
     """
     spec = parse_ground_truth(ground_truth)
     if spec is not None:

@@ -200,13 +200,16 @@ def test_rl_reward_uses_the_bounded_grader():
     assert time.monotonic() - start < limit(5.0)
 
 
-def test_interrupt_stops_a_waiting_check():
-    """After interrupt(), a check waiting on math-verify raises instead of recording a verdict."""
+def test_interrupt_stops_a_waiting_check(fresh_pool):
+    """After interrupt(), a check waiting on math-verify raises instead of recording a verdict, and the
+    helper it held is killed (its late answer must never be read as another check's)."""
     import threading
 
     from evaluation.grader import GradingInterrupted, clear_interrupt, interrupt, warm_up
 
+    fresh_pool.configure(max_helpers=1)
     warm_up()
+    (busy,) = fresh_pool.helper_pids()
     errors: list[BaseException] = []
 
     def slow() -> None:
@@ -224,4 +227,135 @@ def test_interrupt_stops_a_waiting_check():
     clear_interrupt()
     assert not thread.is_alive() and time.monotonic() - start < limit(2.0)
     assert errors and isinstance(errors[0], GradingInterrupted)
+    assert _dead(busy)
     assert is_correct("\\boxed{\\frac{1}{2}}", "0.5")  # usable again afterwards
+
+
+# ---------------------------------------------------------------------------------- grader hygiene
+
+
+@pytest.fixture
+def fresh_pool():
+    """Tests that reconfigure the helper pool leave the default one behind."""
+    from evaluation import grader
+
+    yield grader
+    grader.configure()
+
+
+def _dead(pid: int) -> bool:
+    """The process is gone or a zombie (a container's init may reap late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_grading_timeout_is_recorded_as_a_timeout():
+    """Before: a check that ran out of time was a plain False, indistinguishable from a wrong answer."""
+    from evaluation.grader import grade_fields, warm_up
+
+    warm_up()
+    g = grade("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1", timeout_s=2.0)
+    assert g.correct is False and g.failure == "timeout" and g.timed_out
+    fields = grade_fields("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1", timeout_s=2.0)
+    assert fields["correct"] is False and fields["grading_failure"] == "timeout"
+    ok = grade_fields("\\boxed{\\frac{1}{2}}", "0.5")
+    assert ok["correct"] is True and ok["grading_failure"] is None
+    assert grade("\\boxed{3}", "4").failure is None  # a wrong answer is not a failure
+
+
+def test_helpers_are_a_bounded_pool(fresh_pool):
+    """Six threads grading at once share two helpers; none is left per thread when they end (before: one
+    helper per thread, never reaped)."""
+    import threading
+
+    fresh_pool.configure(max_helpers=2)
+    fresh_pool.warm_up()
+    seen: list[int] = []
+    results: list[bool] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(len(fresh_pool.helper_pids()))
+            time.sleep(0.05)
+
+    def work(i: int) -> None:
+        for j in range(3):
+            results.append(is_correct(f"\\boxed{{\\frac{{{i + j + 1}}}{{2}}}}", str((i + j + 1) / 2)))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(limit(120))
+    stop.set()
+    watcher.join()
+    assert results == [True] * 18
+    assert max(seen) <= 2 and len(fresh_pool.helper_pids()) <= 2
+
+
+_PARENT_SCRIPT = r"""
+import sys, threading, time
+from evaluation import grader
+from evaluation.ifeval import ifeval_ground_truth
+grader.warm_up(ifeval=True)
+gt = ifeval_ground_truth(["length_constraints:number_sentences"], [{"relation": "less than", "num_sentences": 3}])
+# Counting the sentences of 1 MB with punkt keeps the helper busy for about a minute.
+threading.Thread(target=grader.grade, args=("This is a sentence. " * 50000, gt, 600.0), daemon=True).start()
+time.sleep(2.0)
+print(" ".join(map(str, grader.helper_pids())), flush=True)
+time.sleep(600)
+"""
+
+
+def test_helpers_die_with_their_parent():
+    """A parent killed with SIGKILL while its helper is busy takes the helper with it at once. (Before, a
+    helper noticed only when it next read stdin, after finishing whatever it was doing.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("lm_eval")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_SCRIPT],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert pids and not any(_dead(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + limit(5.0)
+    while time.monotonic() < deadline and not all(_dead(p) for p in pids):
+        time.sleep(0.1)
+    assert all(_dead(p) for p in pids), f"helpers {pids} outlived their parent"
+
+
+def test_helpers_have_a_memory_limit(fresh_pool):
+    """Each helper's address space is capped; a check that needs more is recorded as 'memory', counted
+    incorrect, and the next check gets a fresh helper."""
+    pytest.importorskip("lm_eval")
+    from evaluation.ifeval import ifeval_ground_truth
+
+    fresh_pool.configure(memory_mb=450)
+    fresh_pool.warm_up(ifeval=True)
+    (pid,) = fresh_pool.helper_pids()
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(x for x in f if x.startswith("Max address space"))
+    assert line.split()[3:5] == [str(450 << 20), str(450 << 20)]
+    gt = ifeval_ground_truth(["length_constraints:number_words"], [{"relation": "at least", "num_words": 3}])
+    # Counting 8 M words builds a list of 8 M strings (NLTK's RegexpTokenizer): far over 450 MiB.
+    g = grade("word " * (8 << 20), gt, timeout_s=60)
+    assert g.correct is False and g.failure == "memory"
+    assert grade("three words here", gt).correct is True

