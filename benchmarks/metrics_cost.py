@@ -21,6 +21,11 @@ the machine's state, which on a shared VM drifts by more than the effect being m
 round's ratio is printed. The probe's own wall time is also measured inside the workers, a direct
 reading of the cost that noise does not blur.
 
+The clipped-token log (``psft.clipped_token_log``, PSFT only) rides on the same budget: with ``--mode
+psft`` a third variant runs the token metrics without it, so one run gives the ratio to metrics off
+with and without the log (the log's lines go to a file in the work folder, so decoding and writing are
+timed too).
+
 Peak memory per rank: the high-water mark of the worker process's resident memory (VmHWM, reset
 before each measured step through /proc/PID/clear_refs) on CPU, torch's max_memory_allocated on GPU.
 
@@ -30,7 +35,8 @@ before each measured step through /proc/PID/clear_refs) on CPU, torch's max_memo
     python -m benchmarks.metrics_cost --shape tiny --rounds 7
     python -m benchmarks.metrics_cost --rounds 5 psft.update_token_metrics=true
 
-The last line reads ``memory ratio <on/off> time ratio <on/off>``.
+The last line reads ``memory ratio <on/off> time ratio <on/off>`` ("on": every default metric, the
+clipped-token log included); with ``--mode psft`` the line before it gives the same without the log.
 """
 
 from __future__ import annotations
@@ -206,15 +212,22 @@ def main() -> None:
         f"of {statistics.mean(seqlens):.0f} tokens, k={k}, {args.workers} ranks"
     )
 
+    variants = {
+        "on": {"token_metrics": True, "clipped_token_log": True},
+        "off": {"token_metrics": False, "clipped_token_log": False},
+    }
+    if args.mode == "psft":  # the log is a no-op in modes without a ratio
+        variants["on, no log"] = {"token_metrics": True, "clipped_token_log": False}
+        trainer.clipped_log = clipped_token_log(config, work, tokenizer)
     time_probe_in_workers(trainer)
-    probe: dict[str, list[float]] = {"on": [], "off": []}
+    probe: dict[str, list[float]] = {name: [] for name in variants}
 
     def after_step(name: str, step: Step, measured: bool) -> None:
         seconds = probe_seconds(trainer)
         if not measured:
             return
         probe[name].append(seconds)
-        if name == "on":
+        if name.startswith("on"):
             assert "train/entropy" in step.metrics, "token metrics on, but no train/entropy"
         peaks = ", ".join(f"{p:.2f}" for p in step.peaks_gib)
         forward = step.metrics["perf/snapshot_time_s"]
@@ -227,7 +240,7 @@ def main() -> None:
     measured = run_interleaved(
         trainer,
         config,
-        {"on": {"token_metrics": True}, "off": {"token_metrics": False}},
+        variants,
         rounds=args.rounds,
         warmup=args.warmup_rounds,
         batch=batch,
@@ -253,7 +266,27 @@ def main() -> None:
     probe_share = statistics.median(p / s.seconds for p, s in zip(probe["on"], measured["off"], strict=True))
     print(f"time ratio per round: {', '.join(f'{r:.3f}' for r in paired)}")
     print(f"probe time / step time off: {probe_share:.3f} (the probe's own cost, read inside the workers)")
+    if "on, no log" in measured:
+        lines = len(trainer.clipped_log.path.read_text().splitlines())
+        print(f"clipped-token log: {lines} lines in {trainer.clipped_log.path} (one per 'on' step, warm-up included)")
+        without = paired_ratios(measured, "on, no log", "off")
+        log_only = paired_ratios(measured, "on", "on, no log")
+        print(f"without the clipped-token log, time ratio per round: {', '.join(f'{r:.3f}' for r in without)}")
+        print(f"clipped-token log alone (on / on, no log) per round: {', '.join(f'{r:.3f}' for r in log_only)}")
+        print(
+            f"without the clipped-token log: memory ratio {max(peak_of['on, no log']) / max(peak_of['off']):.3f} "
+            f"time ratio {statistics.median(without):.3f}"
+        )
     print(f"memory ratio {memory_ratio:.3f} time ratio {statistics.median(paired):.3f}")
+
+
+def clipped_token_log(config, work: Path, tokenizer):
+    """The clipped-token log of the 'on' steps, in the work folder (``train_step`` writes it as in a run)."""
+    from recipe.psft.clipped_token_log import ClippedTokenLog
+    from recipe.psft.token_metrics import ratio_bin_edges
+
+    edges = ratio_bin_edges(float(config.psft.clip_ratio_low), float(config.psft.clip_ratio_high))
+    return ClippedTokenLog(work / "metrics_cost.clipped_tokens.jsonl", edges, tokenizer)
 
 
 if __name__ == "__main__":

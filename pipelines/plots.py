@@ -14,6 +14,11 @@ DIR/summary.json as written by `python -m evaluation.eval --output DIR`. `--accu
 reads the accuracy-per-step log of `python -m evaluation.over_training` (same line format, keys
 `eval/<source>/avg@n` and `..._stderr`) and draws accuracy against step, one panel per data source.
 Writes one PNG per figure and prints the paths.
+
+Clipped-token analytics (``psft.clipped_token_log``): for each `--run LABEL=<name>.jsonl` with a
+`<name>.clipped_tokens.jsonl` beside it (or `--clipped-tokens LABEL=FILE`), `clipped_ratio_<LABEL>.png`
+draws the share of demonstration tokens per ratio bin over steps (a heatmap: steps x bins, the clip
+bound marked), and the run's most often clipped tokens are printed (counts summed over its steps).
 """
 
 from __future__ import annotations
@@ -184,6 +189,93 @@ def plot_accuracy_over_steps(runs: dict[str, dict[str, list[tuple[int, float, fl
     return path
 
 
+def clipped_log_beside(run_log: str | Path) -> Path | None:
+    """The clipped-token log the trainer writes beside a file log, if there is one."""
+    from recipe.psft.clipped_token_log import clipped_token_log_path
+
+    path = clipped_token_log_path(run_log)
+    return path if path.is_file() else None
+
+
+def read_clipped(path: str | Path) -> list[dict]:
+    from recipe.psft.clipped_token_log import read_clipped_token_log
+
+    try:
+        entries = read_clipped_token_log(path)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    if not entries:
+        raise SystemExit(f"{path}: no lines (is it a <name>.clipped_tokens.jsonl of a PSFT run?)")
+    edges = entries[0]["ratio_bin_edges"]
+    for entry in entries:
+        if entry["ratio_bin_edges"] != edges:
+            raise SystemExit(f"{path}: step {entry['step']} has other ratio bin edges than step {entries[0]['step']}")
+    return entries
+
+
+def top_clipped_of_run(entries: list[dict], n: int = 20) -> list[tuple[str, int, float]]:
+    """(token, count, mean ratio) of the run's ``n`` most often clipped tokens, counts summed over steps
+    (a step's top 20 only: a token outside a step's top 20 is not counted there)."""
+    counts: dict[int, int] = {}
+    ratio_sums: dict[int, float] = {}
+    names: dict[int, str] = {}
+    for entry in entries:
+        for token in entry["top_clipped"]:
+            counts[token["id"]] = counts.get(token["id"], 0) + token["count"]
+            ratio_sums[token["id"]] = ratio_sums.get(token["id"], 0.0) + token["count"] * token["mean_ratio"]
+            names[token["id"]] = token["token"]
+    ranked = sorted(counts, key=lambda token: (-counts[token], token))[:n]
+    return [(names[t], counts[t], ratio_sums[t] / counts[t]) for t in ranked]
+
+
+def print_top_clipped(label: str, entries: list[dict]) -> None:
+    tokens = sum(e["tokens"] for e in entries)
+    clipped = sum(e["clipped"] for e in entries)
+    print(f"{label}: {clipped} of {tokens} demonstration-token forwards clipped over {len(entries)} steps")
+    print(f"  {'token':<24}{'count':>8}{'mean r':>9}")
+    for name, count, mean in top_clipped_of_run(entries):
+        print(f"  {json.dumps(name):<24}{count:>8}{mean:>9.3f}")
+
+
+def plot_clipped_ratio(label: str, entries: list[dict], out: Path) -> Path:
+    """Heatmap of the share of demonstration tokens per ratio bin (rows) at each step (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    edges = entries[0]["ratio_bin_edges"]
+    counts = np.array([e["ratio_histogram"] for e in entries], dtype=float).T
+    share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
+    steps = [e["step"] for e in entries]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.12 * len(steps) + 3), 4.6))
+    image = ax.imshow(
+        np.where(share > 0, share, np.nan),
+        aspect="auto",
+        origin="lower",
+        interpolation="nearest",
+        norm=LogNorm(vmin=1e-4, vmax=1.0),
+        extent=(-0.5, len(steps) - 0.5, -0.5, len(edges) - 1.5),
+    )
+    names = [f"({a:g}, {b:g}]" for a, b in zip(edges[:-1], edges[1:])]
+    names[0] = f"[0, {edges[1]:g}]"
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ticks = sorted(set(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int).tolist()))
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set_xlabel("global step")
+    ax.set_ylabel("r = pi / pi_old")
+    fig.colorbar(image, ax=ax, label="share of demonstration tokens (all updates of the step)")
+    ax.set_title(f"{label}: ratio to the snapshot over demonstration tokens")
+    fig.tight_layout()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    path = out / f"clipped_ratio_{safe}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], help="LABEL=path/to/log.jsonl (repeatable)")
@@ -194,14 +286,27 @@ def main(argv: list[str] | None = None) -> list[Path]:
         default=[],
         help="LABEL=accuracy log of `python -m evaluation.over_training` (repeatable): accuracy against step",
     )
+    parser.add_argument(
+        "--clipped-tokens",
+        action="append",
+        default=[],
+        help="LABEL=<name>.clipped_tokens.jsonl (repeatable; found beside each --run log anyway)",
+    )
     parser.add_argument("--out", required=True, help="folder for the PNGs")
     args = parser.parse_args(argv)
-    if not args.run and not args.accuracy and not args.accuracy_log:
-        parser.error("give at least one --run, --accuracy or --accuracy-log")
+    if not args.run and not args.accuracy and not args.accuracy_log and not args.clipped_tokens:
+        parser.error("give at least one --run, --accuracy, --accuracy-log or --clipped-tokens")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {label: read_log(path) for label, path in parse_pairs(args.run, "run")}
     written = plot_curves(runs, out) if runs else []
+    clipped = {label: clipped_log_beside(path) for label, path in parse_pairs(args.run, "run")}
+    clipped = {label: path for label, path in clipped.items() if path is not None}
+    clipped.update(parse_pairs(args.clipped_tokens, "clipped-tokens"))
+    for label, path in clipped.items():
+        entries = read_clipped(path)
+        print_top_clipped(label, entries)
+        written.append(plot_clipped_ratio(label, entries, out))
     if args.accuracy:
         accuracy = {label: read_accuracy(path) for label, path in parse_pairs(args.accuracy, "accuracy")}
         written.append(plot_accuracy(accuracy, out))

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from verl.trainer.ppo.core_algos import kl_penalty  # verl's public per-token KL estimators
 
-from .token_metrics import ARGMAX_HIT, PROBE_ENTROPY
+from .token_metrics import ARGMAX_HIT, CLIPPED_TOKEN_FLAG, CLIPPED_TOKENS, PROBE_ENTROPY, clipped_token_summary
 
 LOSS_MODES = ("psft", "sft", "dft", "sft_kl", "asft")
 KL_LOSS_MODES = ("sft_kl", "asft")  # modes with a KL penalty to the reference (initial) model
@@ -110,10 +110,10 @@ class TokenLoss:
     def __post_init__(self) -> None:
         check_loss_settings(self.mode, self.loss_agg_mode, self.kl_estimator)
 
-    def __call__(self, model_output: dict, data: Any, dp_group: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model_output: dict, data: Any, dp_group: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
         return self._loss(model_output, data)
 
-    def _loss(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         log_prob = model_output["log_probs"].values()
         # The loss mask marks demonstration tokens; log_probs[t] scores token t + 1, so shift by one.
         mask = torch.roll(data["loss_mask"].values(), shifts=-1, dims=0).to(log_prob.dtype)
@@ -166,6 +166,12 @@ class TokenLoss:
                 metrics["entropy"] = token_mean(entropy.values().detach().to(mask)).item() / dp
             if ARGMAX_HIT in model_output:
                 metrics["token_acc"] = token_mean(model_output[ARGMAX_HIT].values().detach().to(mask)).item() / dp
+            if self.mode == "psft" and CLIPPED_TOKEN_FLAG in data.keys() and data[CLIPPED_TOKEN_FLAG]:
+                # Not a mean: per-micro-batch counts the driver adds up (psft.clipped_token_log).
+                labels = torch.roll(data["input_ids"].values(), shifts=-1, dims=0).to(ratio.device)
+                metrics[CLIPPED_TOKENS] = clipped_token_summary(
+                    ratio, labels, mask, self.clip_ratio_low, self.clip_ratio_high
+                )
         return loss, metrics
 
     @staticmethod

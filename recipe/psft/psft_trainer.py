@@ -33,6 +33,7 @@ from verl.utils.checkpoint import OrchestrationMode
 from verl.utils.dataset.dataset_utils import SFTTensorCollator
 
 from . import reference
+from .clipped_token_log import open_clipped_token_log
 from .config_checks import check_sizes, world_size
 from .dataset import WithRowIndex
 from .long_run import LongRunGuard
@@ -52,6 +53,7 @@ class PSFTTrainer(SFTTrainer):
     def __init__(self, config: Any, run: PreparedRun, preemption: PreemptionGuard | None = None):
         self.run = run
         self.guard = LongRunGuard(config, run.resume_plan, preemption)
+        self.clipped_log = None  # the clipped-token log, opened with the file log (fit)
         super().__init__(config)
 
     # --- build --------------------------------------------------------------------------------
@@ -201,6 +203,8 @@ class PSFTTrainer(SFTTrainer):
             metrics.add(update, worker_metrics)
 
         result = metrics.finish(forward, masks)
+        if self.clipped_log is not None:
+            self.clipped_log.write(step, metrics.clipped)
         result["train/global_tokens"] = float(sum(seqlens))
         result["perf/snapshot_time_s"] = pass_time if plan.pass_rows else 0.0
         result["perf/snapshot_rows"] = len(snapshot)
@@ -263,6 +267,7 @@ class PSFTTrainer(SFTTrainer):
             # The next epoch starts from scratch anyway.
             self.train_dataloader.load_state_dict(self._fresh_loader_state)
         tracking = make_tracking(self.config, global_step)
+        self.clipped_log = open_clipped_token_log(self.config, global_step, self.model_config.tokenizer)
         last_val = None
         start_epoch = global_step // self.steps_per_epoch
         total_epochs = max(self.config.trainer.total_epochs, -(-self.total_training_steps // self.steps_per_epoch))

@@ -4,6 +4,7 @@ Each worker call returns its loss metrics per rank and micro-batch. The loss alr
 that their plain sum is the global token mean (``losses.py``); ratios' extremes reduce by max / min.
 A step logs the mean over its updates, with ``train/loss`` the NLL of the demonstrations (comparable
 across loss modes), and the batch's token metrics from the forward-only pass and the probed updates.
+The clipped-token analytics are counts, not means: :class:`ClippedTokenStats` adds them up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from .losses import METRIC_REDUCTION
 from .step_plan import StepPlan
+from .token_metrics import CLIPPED_TOKENS
 
 TOKEN_METRICS = ("entropy", "token_acc")
 
@@ -49,7 +51,7 @@ def reduce_worker_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def update_metrics(worker_metrics: dict[str, Any]) -> dict[str, float]:
     """One optimizer update's metrics: the loss metrics reduced over ranks, plus grad norm and lr."""
     reduced = reduce_worker_metrics(
-        {k: v for k, v in worker_metrics.items() if k not in ("loss", "grad_norm", "lr", "mfu")}
+        {k: v for k, v in worker_metrics.items() if k not in ("loss", "grad_norm", "lr", "mfu", CLIPPED_TOKENS)}
     )
     reduced["grad_norm"] = float(worker_metrics["grad_norm"])
     if "lr" in worker_metrics:  # present on the step's last update, after the scheduler advanced
@@ -95,15 +97,65 @@ def batch_token_metrics(
     return result
 
 
+class ClippedTokenStats:
+    """One step's clipped-token analytics: the sum of the loss's per-micro-batch summaries over
+    micro-batches, ranks and updates (``token_metrics.clipped_token_summary``).
+
+    ``histogram``: counts of r over demonstration tokens per bin (empty until a summary arrives);
+    ``counts`` / ``ratio_sums``: per clipped token id, how often it was clipped and the sum of its r.
+    """
+
+    def __init__(self) -> None:
+        self.histogram: list[int] = []
+        self.counts: dict[int, int] = defaultdict(int)
+        self.ratio_sums: dict[int, float] = defaultdict(float)
+
+    def add(self, value: Any) -> None:
+        """Add the summaries in one update's worker value: a summary, or lists of them (per rank, per
+        micro-batch, as verl gathers loss metrics), or None."""
+        if value is None:
+            return
+        if isinstance(value, list | tuple):
+            for item in value:
+                self.add(item)
+            return
+        hist = value["hist"]
+        if not self.histogram:
+            self.histogram = [0] * len(hist)
+        if len(hist) != len(self.histogram):
+            raise ValueError(f"clipped-token summary with {len(hist)} ratio bins, expected {len(self.histogram)}")
+        self.histogram = [a + b for a, b in zip(self.histogram, hist, strict=True)]
+        for token, count, ratio_sum in zip(value["ids"], value["counts"], value["ratio_sums"], strict=True):
+            self.counts[int(token)] += int(count)
+            self.ratio_sums[int(token)] += float(ratio_sum)
+
+    @property
+    def tokens(self) -> int:
+        """Demonstration tokens seen (each update's forward counts its mini-batch's tokens)."""
+        return sum(self.histogram)
+
+    @property
+    def clipped(self) -> int:
+        return sum(self.counts.values())
+
+    def top(self, n: int) -> list[tuple[int, int, float]]:
+        """The ``n`` most often clipped token ids as (id, count, mean r), by count, ties by id."""
+        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+        return [(token, count, self.ratio_sums[token] / count) for token, count in ranked]
+
+
 class StepMetrics:
-    """Collects one step's update metrics; :meth:`finish` turns them into the step's logged metrics."""
+    """Collects one step's update metrics; :meth:`finish` turns them into the step's logged metrics.
+    ``clipped`` holds the step's clipped-token analytics (empty unless the loss produced them)."""
 
     def __init__(self, plan: StepPlan):
         self.plan = plan
         self.per_update: dict[str, list[float]] = defaultdict(list)
         self.probed: dict[str, tuple[float, float]] = {}  # {name: (token-weighted sum, tokens)}
+        self.clipped = ClippedTokenStats()
 
     def add(self, update: int, worker_metrics: dict[str, Any]) -> None:
+        self.clipped.add(worker_metrics.get(CLIPPED_TOKENS))
         metrics = update_metrics(worker_metrics)
         if self.plan.measures(update):
             for name in TOKEN_METRICS:

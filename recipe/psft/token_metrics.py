@@ -75,3 +75,59 @@ def entropy_and_argmax_hit(
             entropy[start:end] = total.log() - torch.linalg.vecdot(e, s) / total
             hit[start:end] = (chunk.gather(1, labels[start:end, None]) >= top).squeeze(1).float()
     return entropy, hit
+
+
+# --- Clipped-token analytics (psft.clipped_token_log) ----------------------------------------------
+# Which demonstration tokens PSFT's trust region stops, and how the ratio r = pi / pi_old spreads over
+# demonstration tokens. With A = +1 only the upper clip binds: a token with r > 1 + clip_ratio_high gets
+# no gradient (losses.py), the same tokens train/clip_frac counts. The loss summarises each micro-batch
+# on its worker into a few numbers (CLIPPED_TOKENS in its metrics): the histogram of r and, per distinct
+# clipped token id, its count and ratio sum. The driver adds them up (step_metrics.ClippedTokenStats)
+# and writes one line per step (clipped_token_log.py).
+
+# Key of the per-micro-batch summary in the loss's metrics, and the non-tensor flag on train batches
+# that asks for it (engine.train_meta, from psft.clipped_token_log; read per step, so it can change).
+CLIPPED_TOKENS = "clipped_tokens"
+CLIPPED_TOKEN_FLAG = "clipped_token_log"
+
+# Ratio histogram bin edges, besides 1 - clip_ratio_low and 1 + clip_ratio_high (ratio_bin_edges): fine
+# around 1, where nearly every token sits after a few updates, coarse in the tails. Bins are right-closed,
+# (e[i], e[i + 1]], the first [0, e[1]]: r == 1 (the first update of a step, against its own weights)
+# counts in (0.99, 1], and the bins above 1 + clip_ratio_high hold exactly the clipped tokens.
+RATIO_BIN_EDGES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0, 1.01, 1.05, 1.1, 1.2, 1.5, 2.0, float("inf"))
+
+
+def ratio_bin_edges(clip_ratio_low: float, clip_ratio_high: float) -> list[float]:
+    """The histogram's bin edges for these clip ranges: RATIO_BIN_EDGES plus both clip bounds, sorted."""
+    edges = set(RATIO_BIN_EDGES)
+    for bound in (1.0 - clip_ratio_low, 1.0 + clip_ratio_high):
+        if 0.0 < bound < float("inf") and all(abs(bound - e) > 1e-9 for e in edges):
+            edges.add(bound)
+    return sorted(edges)
+
+
+@torch.no_grad()
+def clipped_token_summary(
+    ratio: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+) -> dict[str, list]:
+    """One micro-batch's clipped-token analytics, as plain lists (they travel in the loss's metrics).
+
+    ``ratio``: r per token; ``labels``: the token each r scores (the next input id); ``mask``: the shifted
+    loss mask (demonstration tokens). Returns ``hist``: counts of r over demonstration tokens in the bins
+    of :func:`ratio_bin_edges` (a non-finite r counts in the last bin, so the counts always sum to the
+    demonstration tokens), and for the tokens with r > 1 + clip_ratio_high, per distinct id: ``ids``,
+    ``counts`` and ``ratio_sums``. Its size is the bins plus three numbers per distinct clipped id.
+    """
+    on = mask.bool()
+    r = ratio.detach()[on]
+    edges = ratio_bin_edges(clip_ratio_low, clip_ratio_high)
+    inner = torch.tensor(edges[1:-1], dtype=r.dtype, device=r.device)
+    hist = torch.bincount(torch.bucketize(r, inner), minlength=len(edges) - 1)
+    clipped = r > 1.0 + clip_ratio_high
+    ids, inverse, counts = torch.unique(labels[on][clipped], return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(ids), dtype=torch.float64, device=r.device).index_add_(0, inverse, r[clipped].double())
+    return {"hist": hist.tolist(), "ids": ids.tolist(), "counts": counts.tolist(), "ratio_sums": sums.tolist()}

@@ -84,6 +84,32 @@ def test_psft_four_updates_clips_and_logs_every_metric(tiny_model, toy_data, tmp
     assert 0.0 <= min(run.series("train/token_acc")) <= max(run.series("train/token_acc")) <= 1.0
     hf = out / "ckpt" / "global_step_3" / "huggingface"
     assert (hf / "model.safetensors").is_file() and (hf / "tokenizer.json").is_file()
+    assert_clipped_token_log(out / "metrics.clipped_tokens.jsonl", tiny_model, toy_data["train16"])
+
+
+def assert_clipped_token_log(path, model, train_file) -> None:
+    """psft.clipped_token_log (on by default): a line per step beside the file log; its histogram counts
+    every demonstration token of each update once (steps 1 and 2 are the 16 rows' first epoch), the bins
+    above 1 + eps_high are the clipped tokens, and the top tokens are the tokenizer's decoded ids."""
+    from transformers import AutoTokenizer
+
+    from recipe.psft.clipped_token_log import LINE_KEYS, read_clipped_token_log
+    from recipe.psft.dataset import DemonstrationDataset
+
+    lines = read_clipped_token_log(path)
+    assert [e["step"] for e in lines] == [1, 2, 3] and all(tuple(e) == LINE_KEYS for e in lines)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    data = DemonstrationDataset(str(train_file), tokenizer, {"max_length": 512})
+    demonstration_tokens = sum(int(mask[1:].sum()) for mask in data.loss_masks)  # the loss's shifted mask
+    assert sum(sum(e["ratio_histogram"]) for e in lines[:2]) == demonstration_tokens
+    for entry in lines:
+        edges = entry["ratio_bin_edges"]
+        above = [n for n, low in zip(entry["ratio_histogram"], edges) if low >= 1.28 - 1e-9]
+        assert sum(entry["ratio_histogram"]) == entry["tokens"] and sum(above) == entry["clipped"]
+        top = entry["top_clipped"]
+        assert len(top) <= 20 and sum(t["count"] for t in top) <= entry["clipped"]
+        assert all(t["token"] == tokenizer.decode([t["id"]]) and t["mean_ratio"] > 1.28 for t in top)
+    assert max(e["clipped"] for e in lines) > 0 and any(e["top_clipped"] for e in lines)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..token_metrics import ARGMAX_HIT, PROBE_ENTROPY, entropy_and_argmax_hit
+from ..token_metrics import ARGMAX_HIT, CLIPPED_TOKEN_FLAG, PROBE_ENTROPY, entropy_and_argmax_hit
 
 # verl's FSDP engine: "call the loss object with the full logits" (meant for top-k distillation).
 LOGITS_HOOK_FLAG = "distillation_use_topk"
@@ -58,6 +58,8 @@ def train_meta(config: Any, pad_token_id: int) -> dict[str, Any]:
         # Token metrics come from the no-grad logits probe (see probe_meta), never from verl's
         # calculate_entropy, which would keep a vocabulary-sized tensor in the training graph.
         "calculate_entropy": False,
+        # The PSFT loss's per-micro-batch clipped-token summary (read per step: benchmarks toggle it).
+        CLIPPED_TOKEN_FLAG: bool(config.psft.get("clipped_token_log", True)),
     }
 
 
