@@ -257,8 +257,6 @@ def test_a_grading_timeout_is_recorded_as_a_timeout():
     from evaluation.grader import grade_fields, warm_up
 
     warm_up()
-    g = grade("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1", timeout_s=2.0)
-    assert g.correct is False and g.failure == "timeout" and g.timed_out
     fields = grade_fields("\\boxed{9^{9^{9^{9^{9^{9}}}}}}", "1", timeout_s=2.0)
     assert fields["correct"] is False and fields["grading_failure"] == "timeout"
     ok = grade_fields("\\boxed{\\frac{1}{2}}", "0.5")
@@ -355,7 +353,7 @@ def test_helpers_have_a_memory_limit(fresh_pool):
         line = next(x for x in f if x.startswith("Max address space"))
     assert line.split()[3:5] == [str(450 << 20), str(450 << 20)]
     gt = ifeval_ground_truth(["length_constraints:number_words"], [{"relation": "at least", "num_words": 3}])
-    # Counting 8 M words builds a list of 8 M strings (NLTK's RegexpTokenizer): far over 450 MiB.
-    g = grade("word " * (8 << 20), gt, timeout_s=60)
+    # Counting 5 M words builds a list of 5 M strings (NLTK's RegexpTokenizer): over 450 MiB.
+    g = grade("word " * 5_000_000, gt, timeout_s=60)
     assert g.correct is False and g.failure == "memory"
     assert grade("three words here", gt).correct is True

@@ -428,30 +428,32 @@ def test_punkt_model_round_trips_through_nltk(tmp_path: Path, monkeypatch: pytes
     assert ensure_punkt_tab(tmp_path) == folder  # the second use reads what the first wrote
 
 
-_LANG_SCRIPT = r"""
+_LANG_TEXTS = ["ok", "Hola amigo", "Ciao bella", "ja", "Das ist gut", "no way", "merci bien", "tak", "si si", "hello"]
+_LANG_SCRIPT = f"""
 import json
 from evaluation import ifeval
-texts = ["ok", "Hola amigo", "Ciao bella", "ja", "Das ist gut", "no way", "merci bien", "tak", "si si", "hello"]
-spec = ifeval.IFEvalSpec(("language:response_language",), ({"language": "en"},))
-print(json.dumps([ifeval.check(spec, t).strict[0] for t in texts]))
+spec = ifeval.IFEvalSpec(("language:response_language",), ({{"language": "en"}},))
+print(json.dumps([ifeval.check(spec, t).strict[0] for t in {_LANG_TEXTS!r}]))
 """
 
 
 def test_language_verdicts_are_reproducible():
-    """langdetect is random unless seeded; short, ambiguous texts get the same verdicts in fresh processes."""
-    runs = []
-    for _ in range(2):
-        out = subprocess.run(
-            [sys.executable, "-c", _LANG_SCRIPT],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert runs[0] == runs[1]
+    """langdetect is random unless seeded: short, ambiguous texts get the same verdicts in a fresh process
+    as in this one."""
+    from evaluation import ifeval
+
+    spec = ifeval.IFEvalSpec(("language:response_language",), ({"language": "en"},))
+    here = [ifeval.check(spec, t).strict[0] for t in _LANG_TEXTS]
+    out = subprocess.run(
+        [sys.executable, "-c", _LANG_SCRIPT],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here
 
 
 def test_summary_reports_ifeval_accuracies_and_lists_timeouts(tmp_path: Path):
