@@ -9,7 +9,8 @@ Extraction is done here, by hand, so that what counts as "the answer" is explici
 
 Equivalence goes through math-verify, with both sides wrapped as ``$...$`` (math-verify's LaTeX
 extractor expects delimited math; the original built ``\\boxed{$x}$``, which it cannot read).
-Multiple-choice golds (a single letter A-J) are compared as letters without SymPy.
+Multiple-choice golds (a single letter A-Z: TruthfulQA's mc1 has up to 13 options) are compared as letters
+without SymPy.
 
 A ground truth written by :func:`evaluation.ifeval.ifeval_ground_truth` (``{"grader":"ifeval",...}``)
 is graded by IFEval's instruction checkers instead (lm-eval's, offline): correct means every instruction
@@ -63,8 +64,8 @@ FAILURES = ("timeout", "memory", "crashed", "error")
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_IS_RE = re.compile(r"final\s+answer|answer\s+is", re.IGNORECASE)
 _BARE_ARGUMENT_RE = re.compile(r"[^\s$]+")
-_CHOICE_RE = re.compile(r"^\(?([A-J])\)?(?:[.:)]|\s|$)")
-_LETTERS = frozenset("ABCDEFGHIJ")
+_CHOICE_RE = re.compile(r"^\(?([A-Z])\)?(?:[.:)]|\s|$)")
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 @dataclass(frozen=True)

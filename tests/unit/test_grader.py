@@ -145,6 +145,10 @@ def test_extraction_details():
     assert extract_answer("") == (None, False)
     assert choice_letter("(C) 12") == "C"
     assert choice_letter("12") is None
+    # Letters past J: TruthfulQA's mc1 questions have up to 13 options (A-M).
+    assert choice_letter("K) o10") == "K" and choice_letter("\\text{(M)}") == "M"
+    assert grade("The answer is (K).", "K").correct and grade("\\boxed{K) o10}", "K").correct
+    assert not grade("\\boxed{L}", "K").correct
     g = grade("\\boxed{3}", "3")
     assert g.extracted == "3" and g.boxed and g.correct
 
