@@ -91,8 +91,8 @@ class LrStudyConfig:
     lr_ratio: float = 20.0  # lr_lo = lr_hi / lr_ratio, the paper's 2e-5 / 1e-6
     batch: int = 32  # demonstrations per step (the paper's 256)
     train_size: int = 64
-    sft_steps: int = 80  # steps of the paper's SFT (one update each): 40 epochs over the 64 problems
-    evals: int = 5  # measurements after the start, evenly spaced
+    sft_steps: int = 48  # steps of the paper's SFT (one update each): 24 epochs over the 64 problems
+    evals: int = 4  # measurements after the start, evenly spaced
     size: ModelSize = field(default_factory=lambda: ModelSize(hidden=64, layers=2, heads=4, intermediate=256))
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=1200, batch_size=32))
     eval_id: int = 48

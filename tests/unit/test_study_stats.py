@@ -78,7 +78,7 @@ def test_pretraining_is_bit_identical_on_one_machine(tmp_path, monkeypatch):
     from pipelines.study.pretrain import PretrainConfig, pretrain
 
     size = ModelSize(hidden=32, layers=1, heads=2, intermediate=64)
-    cfg = PretrainConfig(steps=20, batch_size=8, warmup=4, eval_per_family=1)
+    cfg = PretrainConfig(steps=10, batch_size=8, warmup=2, eval_per_family=1)
     weights = []
     for run in ("a", "b"):
         monkeypatch.setenv("PSFT_CACHE", str(tmp_path / run))
