@@ -107,14 +107,27 @@ def rows_of_tokens(n: int, tokens: int, tokenizer) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": f"Count on from {i}."}], "demonstration": demo} for i in range(n)]
 
 
-def with_vocabulary(model_dir: Path, vocab: int) -> None:
-    """Grow a model's vocabulary to ``vocab`` rows (the logits' width; the extra ids are never inputs)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def random_model(out: Path, widths: dict, layers: int, vocab: int, max_positions: int) -> Path:
+    """A random Qwen2 of these widths whose logits are ``vocab`` wide, with the small offline tokenizer (the
+    ids above the tokenizer's are never inputs). Built at its full vocabulary: no resize and second save."""
+    from psft_assets.tiny_model import build_tokenizer, random_qwen2
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    model.resize_token_embeddings(vocab, mean_resizing=False)
-    model.save_pretrained(model_dir, safe_serialization=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out)
+    model = random_qwen2(
+        vocab_size=max(vocab, len(tokenizer)),
+        hidden_size=widths["hidden_size"],
+        intermediate_size=widths["intermediate_size"],
+        num_layers=layers,
+        num_heads=widths["num_heads"],
+        num_kv_heads=widths["num_kv_heads"],
+        max_position_embeddings=max_positions,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        seed=0,
+    )
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
 
 
 def time_probe_in_workers(trainer) -> None:
@@ -178,17 +191,8 @@ def main() -> None:
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from psft_assets.tiny_model import build_tiny_model
-
     work = Path(tempfile.mkdtemp(prefix="psft_metrics_cost_"))
-    model = args.model
-    if model is None:
-        model = str(
-            build_tiny_model(
-                work / "model", **shape["widths"], num_layers=args.layers, max_position_embeddings=max(2048, tokens)
-            )
-        )
-        with_vocabulary(Path(model), vocab)
+    model = args.model or str(random_model(work / "model", shape["widths"], args.layers, vocab, max(2048, tokens)))
     tokenizer = AutoTokenizer.from_pretrained(model)
     train = work / "train.parquet"
     pd.DataFrame(rows_of_tokens(rows, tokens, tokenizer)).to_parquet(train)

@@ -9,6 +9,10 @@ module              the verl / Ray internals it touches
 cpu_platform        ``verl.plugins`` entry point; ``PlatformRegistry`` / ``PlatformBase``; the private
                     ``EngineRegistry._engines`` table (FSDP engine for device ``cpu``); a monkeypatch
                     of ``verl.utils.distributed.initialize_global_process_group_ray``
+lean_imports        import hooks (``sys.meta_path``) on verl module names: the CPU engine registration
+                    runs after ``verl.workers.engine`` is imported; without ``torch.npu``,
+                    ``verl.checkpoint_engine.hccl_checkpoint_engine`` raises verl's own ImportError
+                    before it imports vLLM
 checkpoint_handler  subclass of verl's ``CheckpointHandler``: overrides its private ``_determine_resume_path``
                     and ``save_checkpoint``, uses its attributes ``engine``, ``train_dataloader``,
                     ``default_local_dir``, ``max_ckpt_to_keep``, ``default_hdfs_dir``, ``dp_rank``
@@ -26,7 +30,7 @@ subclasses ``verl.trainer.sft_trainer_ray.SFTTrainer`` and overrides its ``_buil
 ``_build_dataloader`` and ``fit`` (relying on its attributes ``training_client``, ``ckpt_handler``,
 ``resume_global_step``, ``optimizer_config``, ``model_config`` and ``_get_batch_seqlens``), and calls
 ``verl.utils.tensordict_utils``, ``SFTTensorCollator`` and ``verl.utils.seqlen_balancing``;
-``main_psft.py`` calls ``verl.utils.device.auto_set_device``; ``losses.py`` calls ``kl_penalty`` of
+``run_preparation.py`` calls ``verl.utils.device.auto_set_device``; ``losses.py`` calls ``kl_penalty`` of
 verl's PPO ``core_algos`` (its per-token KL estimators, by name); the recipe config extends verl's
 ``sft_trainer_engine`` config; ``dataset.py`` is loaded through ``data.custom_cls``.
 ``benchmarks/harness.py`` reads (and resets, through ``/proc`` on CPU) worker memory through the worker

@@ -7,7 +7,12 @@ CPU platform that verl's auto-detection picks only when no GPU platform is avail
 
 * device ``cpu``, collective backend ``gloo``, Ray resource ``CPU``;
 * verl's FSDP language-model engine registered for device ``cpu`` (FSDP2 only: FSDP1 needs CUDA);
-* verl's process-group string ``"cpu:gloo,cpu:gloo"`` (a device listed twice) turned into ``"gloo"``.
+* verl's process-group string ``"cpu:gloo,cpu:gloo"`` (a device listed twice) turned into ``"gloo"``;
+* verl's NPU weight-transfer module kept from importing vLLM only to fail (``lean_imports``).
+
+At import the plugin installs these and nothing more: the FSDP engine is registered when verl's
+engine package is first imported (by the worker, or the trainer), not by the plugin, so a process that
+never builds an engine (``--cfg job``) does not import it.
 
 :func:`apply_cpu_defaults` adjusts a trainer config on the driver (sdpa attention, fp32, FSDP2, no
 torch.compile) so a CPU user passes no CPU-specific overrides. On a GPU machine nothing here is active.
@@ -25,6 +30,8 @@ from typing import Any
 
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry
+
+from .lean_imports import after_import, skip_hccl_checkpoint_engine_without_npu
 
 
 def gpu_present() -> bool:
@@ -202,8 +209,9 @@ def activate() -> bool:
         return False
     if not cpu_platform_active():
         return False
+    skip_hccl_checkpoint_engine_without_npu()
     _patch_process_group_backend()
-    _register_fsdp_engine_for_cpu()
+    after_import("verl.workers.engine", _register_fsdp_engine_for_cpu)
     return True
 
 
