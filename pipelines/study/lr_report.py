@@ -185,7 +185,7 @@ def plot_curves(runs: list[dict[str, Any]], names: list[str], key: str, ylabel: 
 
 
 def write_lr_report(out: Path, cfg, infos: dict[int, dict], base_evals: dict[int, dict], names: set[str],
-                    wall_s: float | None, pretrain_s: float | None = None) -> Path:
+                    wall_s: float | None, pretrain_s: float | None = None, note: str = "") -> Path:
     from dataclasses import asdict
 
     from .lr_study import CONDITIONS
@@ -218,7 +218,8 @@ def write_lr_report(out: Path, cfg, infos: dict[int, dict], base_evals: dict[int
         f"Runs: {len(runs)} ({len(cfg.pretrain_seeds)} pretrained models x {len(cfg.seeds)} fine-tuning seeds x "
         f"{len(ran)} conditions; {min(counts.values(), default=0)}-{max(counts.values(), default=0)} per condition). "
         + (f"Wall time of this invocation: {wall_s / 60:.1f} min" if wall_s else "")
-        + (f" (of which pretraining {pretrain_s / 60:.1f} min)." if wall_s and pretrain_s is not None else ""),
+        + (f" (of which pretraining {pretrain_s / 60:.1f} min)." if wall_s and pretrain_s is not None else "")
+        + (f" {note}" if note else ""),
         "",
         f"Machine: {env['cpu']}, torch {env['torch']} ({env['cpu_capability']}), {env['threads']} torch thread "
         "per process, 2 processes.",
@@ -269,7 +270,8 @@ def write_lr_report(out: Path, cfg, infos: dict[int, dict], base_evals: dict[int
         "",
         f"Rule: a paired difference (same pretrained model, same fine-tuning seed) is read as real when its mean "
         f"exceeds {stats.SIGNIFICANCE:g} standard errors, the standard error being the standard deviation of the "
-        f"per-pretrained-model mean differences / sqrt(number of pretrained models); otherwise \"no difference "
+        f"per-pretrained-model mean differences / sqrt(number of pretrained models), and is at least "
+        f"{stats.MIN_EFFECT:g} (one point of accuracy or retention, 0.01 nats); otherwise \"no difference "
         "within the spread\". The paper's gap splits exactly into trust region (PSFT k=8 low lr - SFT k=8 low lr) "
         "plus learning rate and update count (SFT k=8 low lr - SFT one update high lr); each part gets the same rule.",
         "",

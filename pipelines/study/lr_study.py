@@ -250,8 +250,12 @@ def run_lr_study(cfg: LrStudyConfig, out: Path, workers: int = 2, log=print, rep
                 log(line)
     wanted = {f"{run_name(c, p, s)}.json" for c in cfg.conditions for p in cfg.pretrain_seeds for s in cfg.seeds}
     wall = time.perf_counter() - started
-    report = write_lr_report(out, cfg, infos, base_evals, wanted, wall_s=None if report_only else wall,
-                             pretrain_s=pretrain_s)
+    timing = out / "wall.json"  # the last full invocation's, so --report-only keeps reporting it
+    if not report_only:
+        atomic_write(timing, json.dumps({"wall_s": wall, "pretrain_s": pretrain_s, "runs": len(jobs)}) + "\n")
+    last = json.loads(timing.read_text()) if timing.is_file() else {}
+    report = write_lr_report(out, cfg, infos, base_evals, wanted, wall_s=last.get("wall_s"),
+                             pretrain_s=last.get("pretrain_s"), note=last.get("note", ""))
     log(f"report: {report} ({wall:.0f} s)")
     return report
 

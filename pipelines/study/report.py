@@ -272,8 +272,8 @@ def write_report(out: Path, settings: dict[str, Any], pretrain_infos: dict[int, 
             "## Readings (generated from the numbers)",
             "",
             f"Rule: paired difference (same pretrained model and fine-tuning seed) against SFT at the same "
-            f"learning rate; real when |mean| > {stats.SIGNIFICANCE:g} x its standard error over pretrained models, "
-            "otherwise no difference within the spread.",
+            f"learning rate; real when |mean| > {stats.SIGNIFICANCE:g} x its standard error over pretrained models "
+            f"and |mean| >= {stats.MIN_EFFECT:g}, otherwise no difference within the spread.",
             "",
             *[f"- {line}" for line in readings(runs)],
             "",

@@ -14,8 +14,8 @@ pretrained models and S fine-tuning seeds each:
 
 Comparisons are paired: two conditions run on the same pretrained models with the same fine-tuning
 seeds (same training sample and order), so their difference is taken per (p, s) and summarised the same
-way. **Rule**: a difference is read as real when ``|mean| > 2 * se`` of the paired difference;
-otherwise it is "no difference within the spread".
+way. **Rule**: a difference is read as real when ``|mean| > 2 * se`` of the paired difference and
+``|mean| >= 0.01`` (``MIN_EFFECT``); otherwise it is "no difference within the spread".
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from dataclasses import dataclass
 Nested = dict[int, dict[int, float]]  # pretraining seed -> fine-tuning seed -> value
 
 SIGNIFICANCE = 2.0  # |difference| must exceed this many standard errors
+# ... and this floor: one point of accuracy or retention, 0.01 nats of entropy. Without it a difference
+# that is consistent but negligible (two conditions that barely differ have a standard error near 0)
+# would be read as real.
+MIN_EFFECT = 0.01
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,8 @@ def paired_difference(a: Nested, b: Nested) -> Spread:
 
 
 def is_real(diff: Spread) -> bool:
-    """The rule: the difference exceeds ``SIGNIFICANCE`` standard errors (and is not exactly zero)."""
-    return diff.mean != 0.0 and abs(diff.mean) > SIGNIFICANCE * diff.se
+    """The rule: the difference exceeds ``SIGNIFICANCE`` standard errors and ``MIN_EFFECT``."""
+    return abs(diff.mean) >= MIN_EFFECT and abs(diff.mean) > SIGNIFICANCE * diff.se
 
 
 def verdict(diff: Spread, a: str, b: str, metric: str, higher: str = "higher", lower: str = "lower") -> str:

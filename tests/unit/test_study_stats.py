@@ -92,3 +92,9 @@ def test_pretraining_is_bit_identical_on_one_machine(tmp_path, monkeypatch):
 
     init = build_model(size, CharTokenizer(), seed=cfg.seed).state_dict()
     assert any(not torch.equal(init[n], weights[0][n]) for n in weights[0] if n in init)
+
+
+def test_a_negligible_difference_is_not_read_as_real_however_consistent():
+    tiny = stats.Spread(-0.001, 0.0001, 0.0, 0.0, 3, 9)
+    assert not stats.is_real(tiny)
+    assert "no difference within the spread" in stats.verdict(tiny, "A", "B", "entropy")
