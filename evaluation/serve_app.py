@@ -115,6 +115,12 @@ class _BearerGuard:
             return
         await self.app(scope, receive, send)
 
+    def __getattr__(self, name: str) -> Any:
+        # Serve registers its exception handlers on the app it is given (add_exception_handler).
+        if name == "app":
+            raise AttributeError(name)
+        return getattr(self.app, name)
+
 
 def _fingerprint_of(model: str, revision: str | None) -> dict[str, Any]:
     """The model fingerprint of the files this replica loads (a Hub id: its snapshot in the local Hub cache)."""
@@ -174,8 +180,8 @@ class VLLMServer:
         # switch); under Serve there is no uvicorn server, and check_health below restarts the replica.
         self._app.state.server = _ShutdownFlag()
         self._app.add_api_route(FINGERPRINT_ROUTE, self._fingerprint, methods=["GET"])
-        if api_key:
-            self._app.add_middleware(_BearerGuard, key=api_key)
+        # Wrapped rather than added as middleware: vLLM's app state set-up has built its middleware stack.
+        self._asgi = _BearerGuard(self._app, key=api_key) if api_key else self._app
 
     async def _fingerprint(self) -> dict[str, Any]:
         return self._identity
@@ -186,7 +192,7 @@ class VLLMServer:
             raise RuntimeError("the vLLM engine of this replica has died")
 
     def __serve_build_asgi_app__(self):
-        return self._app
+        return self._asgi
 
     async def __del__(self):
         stack = getattr(self, "_stack", None)

@@ -712,8 +712,7 @@ def test_serve_guard_covers_every_route_but_health():
         for p in ("/health", "/invocations", "/v1/models")
     ]
     app = Starlette(routes=routes)
-    app.add_middleware(_BearerGuard, key="k-1")
-    client = TestClient(app)
+    client = TestClient(_BearerGuard(app, key="k-1"))  # as the replica hands it to Serve
     assert client.get("/health").status_code == 200
     for path in ("/invocations", "/v1/models"):
         assert client.post(path).status_code == 401
