@@ -23,11 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 LEASE_S = 6
 
 
-def foreign_lease(ckpt, renewed_ago: float) -> None:
+def foreign_lease(ckpt, renewed_ago: float, lease_s: float) -> None:
     """The lease of a run on another host of a shared filesystem, last renewed ``renewed_ago`` s ago."""
     ckpt.mkdir(parents=True, exist_ok=True)
     holder = {"host": "node-b", "pid": 777, "pid_start": "1", "boot_id": "b", "started": "2026-12-01T08:00:00+00:00",
-              "lease_s": LEASE_S, "token": "0badc0de", "renewed": time.time() - renewed_ago}  # fmt: skip
+              "lease_s": lease_s, "token": "0badc0de", "renewed": time.time() - renewed_ago}  # fmt: skip
     (ckpt / "psft_lock.json").write_text(json.dumps(holder))
 
 
@@ -43,15 +43,15 @@ def test_one_owner_per_folder_milestones_kept_and_a_finished_run_rerun_with_anot
         f"psft.lock_lease_seconds={LEASE_S}",
     )
 
-    # 1. A lease held by a run on another host, fresh: refused, naming it, before Ray.
-    foreign_lease(ckpt, renewed_ago=0)
+    # 1. A lease held by a run on another host, fresh (its holder's lease: 10 min): refused, naming it.
+    foreign_lease(ckpt, renewed_ago=0, lease_s=600)
     refused = run_trainer(tmp_path / "refused", args)
     assert refused.returncode == 2, refused.output[-3000:]
     assert "in use by another run: host node-b, pid 777, started 2026-12-01T08:00:00+00:00" in refused.output
     assert "Started a local Ray instance" not in refused.output
 
     # 2. That host died: once its lease is LEASE_S old, the next run takes the folder over.
-    foreign_lease(ckpt, renewed_ago=LEASE_S + 1)
+    foreign_lease(ckpt, renewed_ago=LEASE_S + 1, lease_s=LEASE_S)
     a = Trainer(run_dir, args)
     a.wait_until(lambda: "taking over" in a.tail(), "the takeover of the expired lease", timeout=300)
     assert "its lease was last renewed" in a.tail()
