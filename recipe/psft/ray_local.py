@@ -89,9 +89,27 @@ def _skip_graceful_kill() -> None:
     kill_all = node.kill_all_processes
 
     def kill_all_processes(check_alive: bool = True, allow_graceful: bool = False, wait: bool = False) -> None:
+        # The raylet stops its agents and workers only on a graceful SIGTERM, which it blocks: end them too.
+        started_by_raylet = _raylet_descendants(node)
         kill_all(check_alive=check_alive, allow_graceful=False, wait=wait)
+        for proc in started_by_raylet:
+            try:
+                proc.kill()
+            except Exception:  # psutil.NoSuchProcess: already gone
+                pass
 
     node.kill_all_processes = kill_all_processes
+
+
+def _raylet_descendants(node: Any) -> list:
+    import psutil
+    import ray._private.ray_constants as ray_constants
+
+    try:
+        raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+        return psutil.Process(raylet.pid).children(recursive=True)
+    except (KeyError, IndexError, psutil.Error):
+        return []
 
 
 def ray_node() -> Any:

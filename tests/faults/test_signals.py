@@ -38,7 +38,7 @@ class Launched(Trainer):
     """A trainer started through ``command`` (a wrapper that runs it, or the trainer itself), in its own
     session, with the harness's environment, output file and file log: ``wait_for_step``, ``finish``,
     ``kill`` as for ``Trainer``. ``self.proc`` is the command's process. ``tee``: its stdout and stderr go
-    through a ``tee`` in the same process group (a shell pipeline's job), which writes the output file."""
+    through a ``tee`` (the next process of a shell pipeline), which writes the output file."""
 
     def __init__(self, run_dir: Path, command: list[str], env: dict[str, str] | None = None, tee: bool = False):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,8 +57,8 @@ class Launched(Trainer):
                 start_new_session=True,
             )
             _LIVE.add(self)
-            if tee:
-                self.tee = subprocess.Popen(["tee"], stdin=self.proc.stdout, stdout=output, process_group=self.proc.pid)
+            if tee:  # (it cannot join the trainer's group, which is in another session: signal it by pid)
+                self.tee = subprocess.Popen(["tee"], stdin=self.proc.stdout, stdout=output)
                 self.proc.stdout.close()  # tee holds the only read end, as in a shell pipeline
 
     def tree(self) -> list[psutil.Process]:
@@ -133,8 +133,11 @@ def test_ctrl_c_under_tee_checkpoints_although_the_console_is_gone(args, referen
     try:
         trainer.wait_for_step(1)
         trainer.events["fault"] = time.monotonic()
-        os.killpg(trainer.proc.pid, signal.SIGINT)  # Ctrl-C: the foreground process group
+        # Ctrl-C: SIGINT to every process of the foreground job, tee first (the pipe dies before the driver
+        # writes again), then the trainer's group (the driver and its local Ray).
+        trainer.tee.send_signal(signal.SIGINT)
         assert trainer.tee.wait(timeout=60) == -signal.SIGINT
+        os.killpg(trainer.proc.pid, signal.SIGINT)
         stopped = trainer.finish(timeout=300)
     finally:
         trainer.tee.kill()
@@ -172,7 +175,7 @@ def test_sbatch_template_checkpoints_on_slurms_signals_and_its_rerun_resumes(fau
         what = "SIGUSR1 to the batch shell"
     stopped = job.finish(timeout=300)
     last = assert_stopped_with_a_checkpoint(stopped, 143, "SIGTERM")
-    assert "SIGTERM again" not in stopped.output  # one SIGTERM reached the trainer, not one per sender
+    assert "SIGTERM again: exiting now" not in stopped.output  # one SIGTERM reached the trainer, not one per sender
     calls = tmp_path / "scontrol_calls"
     requeued = calls.read_text() if calls.exists() else ""
     assert requeued == ("requeue 4242\n" if fault == "time_limit_warning" else ""), stopped.output[-3000:]
