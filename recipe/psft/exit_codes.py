@@ -22,10 +22,11 @@ and ``python -m evaluation.over_training`` (evaluation), ``prepare_data.py`` (da
   incorrect). Rerunning the same command retries exactly those.
 - 7 ``SOURCE_UNAVAILABLE`` (``prepare_data.py``): a Hub source cannot be reached. Use ``--source
   builtin`` or ``--source local`` offline.
-- 130 / 143 (128 + the signal): stopped by SIGINT / SIGTERM. Trainer: after finishing and checkpointing
-  the step in progress; evaluation: finished samples are kept. Rerun the same command: it resumes.
+- 130 / 143 / 138 (128 + the signal): stopped by SIGINT / SIGTERM / SIGUSR1 (trainer only: SLURM's
+  ``--signal=USR1@N`` warning). Trainer: after finishing and checkpointing the step in progress;
+  evaluation: finished samples are kept. Rerun the same command: it resumes.
 
-A second SIGINT/SIGTERM to the trainer exits at once with the same 130/143, without checkpointing the
+A second stop signal to the trainer exits at once with its 128 + signal code, without checkpointing the
 step in progress.
 """
 
