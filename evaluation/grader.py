@@ -558,6 +558,11 @@ def _start(helper: _Helper, pool: _Pool, timeout_s: float, ifeval: bool) -> str 
             )
         return "timeout" if helper.alive() else "crashed"
     pool.ever_ready = True
+    if helper.load_pending and not ifeval:
+        # A replacement for an IFEval helper was asked to load the checkers: that answer comes first, and
+        # read as this request's it would shift every later answer by one request.
+        if helper.ifeval_ready(deadline) is None:
+            return "timeout" if helper.alive() else "crashed"
     if ifeval:
         reply = helper.ifeval_ready(deadline)
         if reply is None:

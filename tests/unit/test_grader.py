@@ -361,3 +361,20 @@ def test_helpers_have_a_memory_limit(fresh_pool):
     g = grade("word " * 5_000_000, gt, timeout_s=60)
     assert g.correct is False and g.failure == "memory"
     assert grade("three words here", gt).correct is True
+
+
+def test_a_pending_ifeval_load_is_read_before_a_math_answer(fresh_pool):
+    """A replacement for an IFEval helper starts loading the checkers unasked-for by its next user; a math
+    check on it must read that answer first, not take it (or any later one) as its own verdict."""
+    from evaluation import grader
+
+    fresh_pool.configure(max_helpers=1)
+    grader.warm_up()
+    pool = grader._pool()
+    helper = pool.acquire()
+    helper.start_ifeval_load()  # what _Pool.release does for the replacement of an IFEval helper
+    pool.release(helper, healthy=True)
+    assert helper.load_pending
+    assert is_correct("\\boxed{\\sqrt{3}}", "\\sqrt{2}") is False
+    assert is_correct("\\boxed{\\frac{1}{2}}", "0.5") is True
+    assert is_correct("\\boxed{3\\pi}", "2\\pi") is False
