@@ -165,8 +165,9 @@ def test_divergence_stops_naming_step_update_metric_without_a_checkpoint(args, t
 def test_disk_full_during_save_keeps_the_previous_checkpoint(args, reference, tmp_path):
     mount = tmp_path / "ckpt"
     mount.mkdir()
-    # One checkpoint of this run is about 3.3 MB: room for one, not for a second beside it.
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)]).returncode:
+    # One checkpoint of this run is about 3.3 MB: room for one, not for a second beside it. mode=0700: a
+    # tmpfs root is 1777 by default, and a folder others can write is refused (checkpoints.check_trusted).
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m,mode=0700", "tmpfs", str(mount)]).returncode:
         pytest.skip("needs permission to mount a small tmpfs (the simulated full disk)")
     try:
         full = run_trainer(tmp_path, args(tmp_path))
