@@ -58,7 +58,14 @@ class Launched(Trainer):
             )
             _LIVE.add(self)
             if tee:  # (it cannot join the trainer's group, which is in another session: signal it by pid)
-                self.tee = subprocess.Popen(["tee"], stdin=self.proc.stdout, stdout=output)
+                # SIGINT back to its default: a job started in the background by a non-interactive shell
+                # (CI, nohup ... &) inherits SIGINT ignored, while a terminal's tee dies of it.
+                self.tee = subprocess.Popen(
+                    ["tee"],
+                    stdin=self.proc.stdout,
+                    stdout=output,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                )
                 self.proc.stdout.close()  # tee holds the only read end, as in a shell pipeline
 
     def tree(self) -> list[psutil.Process]:
