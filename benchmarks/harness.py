@@ -119,6 +119,7 @@ def run_interleaved(
     batch=None,
     before_step: Callable[[str], None] | None = None,
     after_step: Callable[[str, Step, bool], None] | None = None,
+    warmup_each: bool = True,
 ) -> dict[str, list[Step]]:
     """Time ``trainer.train_step`` on one batch, each variant once per round, ``warmup`` rounds first.
 
@@ -126,8 +127,9 @@ def run_interleaved(
     each of them). The order rotates every round (with two variants: alternates), so drift in the
     machine's speed hits all variants alike. Each worker's peak memory is reset before a step and read
     after it. ``before_step(name)`` runs just before the timed call, ``after_step(name, step, measured)``
-    after each step, warm-up steps included (``measured`` False). Returns the measured steps per variant,
-    in round order.
+    after each step, warm-up steps included (``measured`` False). ``warmup_each=False``: a warm-up round
+    runs one variant only (the variants share one process, which one step warms). Returns the measured
+    steps per variant, in round order.
     """
     from omegaconf import open_dict
 
@@ -137,7 +139,10 @@ def run_interleaved(
     step_number = 10_000  # past any warm-up schedule
     for round_index in range(warmup + rounds):
         shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        order = names[shift:] + names[:shift]
+        if round_index < warmup and not warmup_each:
+            order = order[:1]
+        for name in order:
             with open_dict(config):
                 for key, value in variants[name].items():
                     config.psft[key] = value

@@ -22,21 +22,23 @@ round's ratio is printed. The probe's own wall time is also measured inside the 
 reading of the cost that noise does not blur.
 
 The clipped-token log (``psft.clipped_token_log``, PSFT only) rides on the same budget: with ``--mode
-psft`` a third variant runs the token metrics without it, so one run gives the ratio to metrics off
-with and without the log (the log's lines go to a file in the work folder, so decoding and writing are
-timed too).
+psft --log-variant`` a third variant runs the token metrics without it, so one run gives the ratio to
+metrics off with and without the log (the log's lines go to a file in the work folder, so decoding and
+writing are timed too). It is opt-in because a third variant adds half the run's time: the defaults
+(PSFT, qwen2.5-0.5b, 4 rounds) take about 9 minutes on 2 cores, with it about 14.
 
 Peak memory per rank: the high-water mark of the worker process's resident memory (VmHWM, reset
 before each measured step through /proc/PID/clear_refs) on CPU, torch's max_memory_allocated on GPU.
 
-    python -m benchmarks.metrics_cost                            # 4 rounds + 1 warm-up, ~8 min on 2 cores
+    python -m benchmarks.metrics_cost                            # 4 rounds + 1 warm-up step, ~9 min on 2 cores
+    python -m benchmarks.metrics_cost --shape smollm2 --log-variant   # also the clipped-token log's own cost
     python -m benchmarks.metrics_cost --mode sft --rounds 8
     python -m benchmarks.metrics_cost --shape smollm2 --mode sft
     python -m benchmarks.metrics_cost --shape tiny --rounds 7
     python -m benchmarks.metrics_cost --rounds 5 psft.update_token_metrics=true
 
 The last line reads ``memory ratio <on/off> time ratio <on/off>`` ("on": every default metric, the
-clipped-token log included); with ``--mode psft`` the line before it gives the same without the log.
+clipped-token log included); with ``--log-variant`` the line before it gives the same without the log.
 """
 
 from __future__ import annotations
@@ -181,7 +183,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="FSDP ranks (GPUs, or CPU processes)")
     parser.add_argument("--rounds", type=int, default=4, help="measured steps per variant")
-    parser.add_argument("--warmup-rounds", type=int, default=1)
+    parser.add_argument("--warmup-rounds", type=int, default=1, help="untimed steps first (one variant each)")
+    parser.add_argument("--log-variant", action="store_true",
+                        help="with --mode psft: a third variant, token metrics on without the clipped-token log")
     parser.add_argument("--model", default=None, help="a HF model folder instead of the random model")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of the trainer config")
     args = parser.parse_args()
@@ -221,8 +225,9 @@ def main() -> None:
         "off": {"token_metrics": False, "clipped_token_log": False},
     }
     if args.mode == "psft":  # the log is a no-op in modes without a ratio
-        variants["on, no log"] = {"token_metrics": True, "clipped_token_log": False}
         trainer.clipped_log = clipped_token_log(config, work, tokenizer)
+    if args.mode == "psft" and args.log_variant:
+        variants["on, no log"] = {"token_metrics": True, "clipped_token_log": False}
     time_probe_in_workers(trainer)
     probe: dict[str, list[float]] = {name: [] for name in variants}
 
@@ -250,6 +255,7 @@ def main() -> None:
         batch=batch,
         before_step=lambda _name: probe_seconds(trainer),
         after_step=after_step,
+        warmup_each=False,
     )
 
     print(

@@ -3,7 +3,8 @@
 # Pretrains 3 small models (cached), fine-tunes each with the paper's pairing (SFT one update per step
 # at a high lr; PSFT k=8 at a 20x lower lr), the matched pairs at both lrs, and PSFT without clip, with a
 # never refreshed snapshot and with k=16; 3 fine-tuning seeds each. Writes
-# outputs/study-lr/lr_vs_trust_region.md with figures. Offline, 2 CPU cores, about 30 minutes.
+# outputs/study-lr/lr_vs_trust_region.md with figures. Offline, 2 CPU cores: 10 minutes from a clean clone
+# on an idle machine (pretraining included; README "Second study").
 #
 #   bash scripts/study_lr.sh                  # the default study; rerun to continue after an interruption
 #   bash scripts/study_lr.sh --quick          # smoke-sized (a couple of minutes)
