@@ -40,7 +40,7 @@ from recipe.psft.files import atomic_write
 
 from .finetune import EvalSets, FinetuneConfig, Method, finetune, measure
 from .model import CharTokenizer, ModelSize
-from .pretrain import PretrainConfig, load_pretrained, pretrain
+from .pretrain import PretrainConfig, load_pretrained, pretrain_seeds
 
 
 @dataclass(frozen=True)
@@ -154,16 +154,6 @@ def run_name(condition: str, pretrain_seed: int, seed: int) -> str:
 
 
 @dataclass(frozen=True)
-class PretrainJob:
-    size: ModelSize
-    config: PretrainConfig
-
-    def run(self) -> str:
-        torch.set_num_threads(1)
-        return str(pretrain(self.size, self.config, log=lambda line: None))
-
-
-@dataclass(frozen=True)
 class RunJob:
     folder: Path
     condition: str
@@ -193,23 +183,14 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _map(workers: int, fn, jobs: list, log) -> list:
-    if workers <= 1 or len(jobs) <= 1:
-        return [fn(job) for job in jobs]
-    with _pool(workers) as pool:
-        return list(pool.map(fn, jobs))
-
-
 def run_lr_study(cfg: LrStudyConfig, out: Path, workers: int = 2, log=print, report_only: bool = False) -> Path:
     from .lr_report import write_lr_report
 
     cfg.check()
     started = time.perf_counter()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    pretrain_jobs = [PretrainJob(cfg.size, replace(cfg.pretrain, seed=p)) for p in cfg.pretrain_seeds]
-    log(f"pretraining {len(pretrain_jobs)} models (cached ones are reused)")
-    folders = {p: Path(f) for p, f in zip(cfg.pretrain_seeds, _map(workers, PretrainJob.run, pretrain_jobs, log),
-                                            strict=True)}
+    log(f"pretraining {len(cfg.pretrain_seeds)} models (cached ones are reused)")
+    folders = pretrain_seeds(cfg.size, cfg.pretrain, cfg.pretrain_seeds, workers, threads=1, log=lambda line: None)
     pretrain_s = time.perf_counter() - started
     log(f"pretrained models ready ({pretrain_s:.0f} s): " + ", ".join(f.name for f in folders.values()))
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -86,9 +88,14 @@ def family_accuracy(model, tokenizer: CharTokenizer, per_family: int) -> dict[st
     return result
 
 
+def cache_folder(size: ModelSize, cfg: PretrainConfig) -> Path:
+    """Where the model of these settings is (or will be) cached; complete when it holds pretrain.json."""
+    return cache_root() / f"pretrained-{cfg.key(size)}"
+
+
 def pretrain(size: ModelSize, cfg: PretrainConfig, log=print) -> Path:
     """Return the cached pretrained model folder, training it first if it is not there."""
-    out = cache_root() / f"pretrained-{cfg.key(size)}"
+    out = cache_folder(size, cfg)
     if (out / "pretrain.json").is_file():
         return out
     # Deterministic kernels: same settings, seed, machine and thread count -> the same weights.
@@ -98,6 +105,38 @@ def pretrain(size: ModelSize, cfg: PretrainConfig, log=print) -> Path:
         return _pretrain(size, cfg, out, log)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+
+
+@dataclass(frozen=True)
+class _PretrainJob:
+    size: ModelSize
+    config: PretrainConfig
+    threads: int
+
+    def run(self) -> str:
+        torch.set_num_threads(self.threads)
+        return str(pretrain(self.size, self.config, log=lambda line: None))
+
+
+def pretrain_seeds(
+    size: ModelSize, cfg: PretrainConfig, seeds: tuple[int, ...], workers: int, threads: int = 1, log=print
+) -> dict[int, Path]:
+    """One pretrained model per seed (cached ones reused), up to ``workers`` trained at once.
+
+    Each model trains in its own spawned process with ``threads`` torch threads, so the weights are the
+    ones a sequential run with that thread count gives (same machine). A single model to train, or
+    ``workers`` <= 1, trains here, with its progress logged.
+    """
+    configs = {seed: replace(cfg, seed=seed) for seed in seeds}
+    missing = [seed for seed, c in configs.items() if not (cache_folder(size, c) / "pretrain.json").is_file()]
+    if len(missing) > 1 and workers > 1:
+        log(f"pretraining seeds {missing}, {min(workers, len(missing))} at a time")
+        jobs = [_PretrainJob(size, configs[seed], threads) for seed in missing]
+        # spawn: a forked child of a process that already ran torch's thread pool can hang.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_PretrainJob.run, jobs))
+    torch.set_num_threads(threads)
+    return {seed: pretrain(size, c, log=log) for seed, c in configs.items()}
 
 
 def _pretrain(size: ModelSize, cfg: PretrainConfig, out: Path, log) -> Path:

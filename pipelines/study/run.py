@@ -27,7 +27,7 @@ from recipe.psft.files import atomic_write
 
 from .finetune import METHODS, EvalSets, FinetuneConfig, finetune, measure
 from .model import CharTokenizer, ModelSize
-from .pretrain import PretrainConfig, load_pretrained, pretrain
+from .pretrain import PretrainConfig, load_pretrained, pretrain_seeds
 from .report import write_report
 
 
@@ -107,8 +107,9 @@ def run_study(cfg: StudyConfig, out: Path, workers: int = 2, log=print, report_o
     tokenizer = CharTokenizer()
     sets = EvalSets.build(cfg.finetune)
     folders, infos, base_evals = {}, {}, {}
+    pretrained = pretrain_seeds(cfg.size, cfg.pretrain, cfg.pretrain_seeds, workers, torch.get_num_threads(), log)
     for p in cfg.pretrain_seeds:
-        folder = pretrain(cfg.size, replace(cfg.pretrain, seed=p), log=log)
+        folder = pretrained[p]
         folders[p], infos[p] = folder, json.loads((folder / "pretrain.json").read_text())
         log(f"pretrained model (seed {p}): {folder}")
         # The pretrained model's measurements are every run's first point: measure once, keep them.
