@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from recipe.psft.files import atomic_write
 
 from .finetune import EvalSets, FinetuneConfig, Method, finetune, measure
 from .model import CharTokenizer, ModelSize
-from .pretrain import PretrainConfig, load_pretrained, pretrain_seeds
+from .pretrain import PretrainConfig, load_pretrained, pretrain_seeds, spawn_pool
 
 
 @dataclass(frozen=True)
@@ -178,11 +176,6 @@ class RunJob:
                 f"entropy id {last['entropy_id']:.3f}")
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # spawn: a forked child of a process that already ran torch's thread pool can hang.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-
 def run_lr_study(cfg: LrStudyConfig, out: Path, workers: int = 2, log=print, report_only: bool = False) -> Path:
     from .lr_report import write_lr_report
 
@@ -226,7 +219,7 @@ def run_lr_study(cfg: LrStudyConfig, out: Path, workers: int = 2, log=print, rep
         for job in jobs:
             log(job.run())
     elif jobs:
-        with _pool(workers) as pool:
+        with spawn_pool(workers) as pool:
             for line in pool.map(RunJob.run, jobs):
                 log(line)
     wanted = {f"{run_name(c, p, s)}.json" for c in cfg.conditions for p in cfg.pretrain_seeds for s in cfg.seeds}

@@ -118,25 +118,36 @@ class _PretrainJob:
         return str(pretrain(self.size, self.config, log=lambda line: None))
 
 
+def spawn_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool for the studies' runs and pretrainings."""
+    # spawn: a forked child of a process that already ran torch's thread pool can hang.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def pretrain_seeds(
     size: ModelSize, cfg: PretrainConfig, seeds: tuple[int, ...], workers: int, threads: int = 1, log=print
 ) -> dict[int, Path]:
     """One pretrained model per seed (cached ones reused), up to ``workers`` trained at once.
 
-    Each model trains in its own spawned process with ``threads`` torch threads, so the weights are the
-    ones a sequential run with that thread count gives (same machine). A single model to train, or
-    ``workers`` <= 1, trains here, with its progress logged.
+    Each model trains with ``threads`` torch threads, in its own spawned process when more than one is
+    missing and ``workers`` > 1, else here with its progress logged (this process's thread count is
+    restored after): the weights are those of a sequential run with that thread count (same machine).
     """
     configs = {seed: replace(cfg, seed=seed) for seed in seeds}
     missing = [seed for seed, c in configs.items() if not (cache_folder(size, c) / "pretrain.json").is_file()]
     if len(missing) > 1 and workers > 1:
         log(f"pretraining seeds {missing}, {min(workers, len(missing))} at a time")
-        jobs = [_PretrainJob(size, configs[seed], threads) for seed in missing]
-        # spawn: a forked child of a process that already ran torch's thread pool can hang.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(_PretrainJob.run, jobs))
-    torch.set_num_threads(threads)
-    return {seed: pretrain(size, c, log=log) for seed, c in configs.items()}
+        with spawn_pool(workers) as pool:
+            list(pool.map(_PretrainJob.run, [_PretrainJob(size, configs[seed], threads) for seed in missing]))
+    elif missing:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for seed in missing:
+                pretrain(size, configs[seed], log=log)
+        finally:
+            torch.set_num_threads(previous)
+    return {seed: cache_folder(size, c) for seed, c in configs.items()}
 
 
 def _pretrain(size: ModelSize, cfg: PretrainConfig, out: Path, log) -> Path:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from recipe.psft.files import atomic_write
 
 from .finetune import METHODS, EvalSets, FinetuneConfig, finetune, measure
 from .model import CharTokenizer, ModelSize
-from .pretrain import PretrainConfig, load_pretrained, pretrain_seeds
+from .pretrain import PretrainConfig, load_pretrained, pretrain_seeds, spawn_pool
 from .report import write_report
 
 
@@ -141,9 +139,7 @@ def run_study(cfg: StudyConfig, out: Path, workers: int = 2, log=print, report_o
         for job in jobs:
             log(job.run())
     else:
-        # spawn: a forked child of a process that already ran torch's thread pool can hang.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with spawn_pool(workers) as pool:
             for line in pool.map(Job.run, jobs):
                 log(line)
     # Only the runs of this grid go into the report (an output folder may hold others).
