@@ -79,7 +79,7 @@ def session_dir(driver_pid: int) -> Path | None:
 def breakdown(start: float, first_step: float, step_s: float, session: Path | None) -> tuple[dict, dict]:
     """Seconds per phase (see the module docstring) and counts of Ray's worker processes."""
     phases = dict.fromkeys(PHASES, float("nan"))
-    counts = {"workers started": 0, "idle prestarted": 0}
+    counts = {"workers started": 0, "task workers": 0, "idle": 0}
     phases["first step"] = step_s
     if session is None:
         return phases, counts
@@ -100,7 +100,9 @@ def breakdown(start: float, first_step: float, step_s: float, session: Path | No
         pid = int(log.stem.rsplit("_", 1)[1])
         created, finished = first_stamp(log, "Creating actor"), first_stamp(log, "Actor creation task finished")
         if created is None:
-            counts["idle prestarted"] += 1
+            # verl's get_master_addr_port runs as a task; Ray starts a spare worker alongside it.
+            ran_task = any(":task_name:" in out.read_text(errors="replace") for out in logs.glob(f"worker-*-{pid}.out"))
+            counts["task workers" if ran_task else "idle"] += 1
             continue
         actors.append((started.get(pid), first_stamp(log), created, finished))
     if gcs is not None:
@@ -250,7 +252,7 @@ def main() -> None:
             print(
                 f"{label} run {run + 1}: first step logged after {result['first_step']:.1f} s; whole run (2 steps + "
                 f"checkpoint) {result['total']:.1f} s; Ray worker processes {result['counts']['workers started']} "
-                f"({result['counts']['idle prestarted']} never used)\n    {phases}",
+                f"({result['counts']['task workers']} ran a task, {result['counts']['idle']} idle)\n    {phases}",
                 flush=True,
             )
             if args.show_output:
